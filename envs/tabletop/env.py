@@ -1,0 +1,250 @@
+"""The tabletop gymnasium environment (docs/interfaces.md, "Environments").
+
+Action: 7-D delta end-effector command in [-1, 1], applied at `control_hz` (20 Hz by default):
+
+    [dx, dy, dz, droll, dpitch, dyaw, gripper]
+    - dx, dy, dz: 1.0 = 2 cm of end-effector motion per control step, world frame (POS_SCALE)
+    - droll, dpitch, dyaw: 1.0 = 0.1 rad per control step about the world x, y, z axes (ROT_SCALE)
+    - gripper: -1 = open (8 cm), +1 = closed; values in between command a proportional opening
+
+Values outside [-1, 1] are clipped to it; an action of the wrong shape or holding NaN/inf raises
+ValueError. The commanded end-effector position is clipped to the workspace box (scene.WORKSPACE_*).
+Each control step runs `round(1 / (control_hz * 0.005))` physics steps of 5 ms, moving the mocap
+gripper along a straight line (and a uniform rotation) towards the new target, so that it never jumps.
+
+Observation: `agentview_image`, `wrist_image` (uint8 (H, W, 3), upright), `state` (float32 (8,):
+eef position, eef axis-angle with 0 = gripper pointing straight down at yaw 0, two finger joint
+positions in [0, 0.04] m, 0 = closed), `instruction` (text).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import string
+from typing import Any
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+from gymnasium import spaces
+
+from vla_accel.envs.tabletop.goals import all_satisfied
+from vla_accel.envs.tabletop.layout import NUM_INIT_STATES, init_state_seed
+from vla_accel.envs.tabletop.scene import (
+    FINGER_OPEN,
+    GRIPPER_HOME,
+    PHYSICS_TIMESTEP,
+    WORKSPACE_HIGH,
+    WORKSPACE_LOW,
+    SceneSpec,
+    build_scene_xml,
+)
+from vla_accel.envs.tabletop.sim import SimView
+from vla_accel.envs.tabletop.tasks import get_task
+
+POS_SCALE = 0.02  # metres per control step at |action| = 1
+ROT_SCALE = 0.1  # radians per control step at |action| = 1
+MAX_TARGET_LEAD = 0.04  # metres the commanded target may lead the actual end-effector
+HOME_JITTER = 0.01  # metres: the gripper's start position varies this much between init states
+INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " .,;:'-_()/"
+
+
+class TabletopEnv(gym.Env):
+    """One task of one tabletop suite. Build with `make_tabletop_env(suite, task_id, ...)`."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+
+    def __init__(
+        self,
+        suite: str = "spatial",
+        task_id: int = 0,
+        image_size: int = 128,
+        control_hz: float = 20.0,
+        render_mode: str | None = "rgb_array",
+        render_images: bool = True,
+    ):
+        """`render_images=False` skips both cameras (observation images are all zeros): for runs that
+        only need the simulator, such as checking the scripted expert's success rate."""
+        self.task = get_task(suite, task_id)
+        if not isinstance(image_size, numbers.Integral) or not 16 <= image_size <= 640:
+            raise ValueError(f"image_size must be an integer in 16..640, got {image_size!r}")
+        if not isinstance(control_hz, numbers.Real) or not 1.0 <= control_hz <= 1.0 / PHYSICS_TIMESTEP:
+            raise ValueError(f"control_hz must be in 1..{1.0 / PHYSICS_TIMESTEP:g}, got {control_hz!r}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.suite = suite
+        self.task_id = int(task_id)
+        self.image_size = int(image_size)
+        self.control_hz = float(control_hz)
+        self.render_mode = render_mode
+        self.render_images = bool(render_images)
+        self.n_substeps = max(1, round(1.0 / (self.control_hz * PHYSICS_TIMESTEP)))
+        self.metadata = {**self.metadata, "render_fps": self.control_hz}
+
+        self.model = mujoco.MjModel.from_xml_string(build_scene_xml(SceneSpec(self.task.objects, self.task.zones)))
+        self.data = mujoco.MjData(self.model)
+        self.sim = SimView(self.model, self.data, self.task.objects, self.task.zones)
+        self._renderer: mujoco.Renderer | None = None
+        self._agent_cam = self.model.camera("agentview").id
+        self._wrist_cam = self.model.camera("wrist").id
+
+        hw = (self.image_size, self.image_size, 3)
+        self.observation_space = spaces.Dict(
+            {
+                "agentview_image": spaces.Box(0, 255, hw, np.uint8),
+                "wrist_image": spaces.Box(0, 255, hw, np.uint8),
+                "state": spaces.Box(-np.inf, np.inf, (8,), np.float32),
+                "instruction": spaces.Text(max_length=256, min_length=1, charset=INSTRUCTION_CHARSET),
+            }
+        )
+        self.action_space = spaces.Box(-1.0, 1.0, (7,), np.float32)
+        self.instruction = self.task.instruction
+        self.max_steps = self.task.max_steps
+        self.init_state_id = 0
+        self._steps = -1  # -1 until the first reset()
+        self._target_pos = GRIPPER_HOME.copy()
+        self._target_quat = np.array([1.0, 0.0, 0.0, 0.0])
+
+    # -- gymnasium API ------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        options = options or {}
+        unknown = set(options) - {"init_state_id"}
+        if unknown:
+            raise ValueError(f"unknown reset options {sorted(unknown)}; valid: ['init_state_id']")
+        if options.get("init_state_id") is None:
+            index = int(self.np_random.integers(NUM_INIT_STATES))
+        else:
+            index = options["init_state_id"]
+            if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not 0 <= index < NUM_INIT_STATES:
+                raise ValueError(f"init_state_id must be an integer in 0..{NUM_INIT_STATES - 1}, got {index!r}")
+        self.init_state_id = int(index)
+        self._apply_init_state(self.init_state_id)
+        self._steps = 0
+        return self._observation(), self._info(False)
+
+    def step(self, action):
+        if self._steps < 0:
+            raise RuntimeError("call reset() before step()")
+        a = self._validate_action(action)
+        self._apply_action(a)
+        self._steps += 1
+        success = all_satisfied(self.task.goals, self.sim)
+        truncated = self._steps >= self.max_steps
+        return self._observation(), float(success), success, truncated, self._info(success)
+
+    def render(self):
+        if self.render_mode != "rgb_array":
+            return None
+        return self._render_camera(self._agent_cam)
+
+    def close(self):
+        """Free the renderer's GL context now (freeing it from a finaliser at interpreter exit can fail)."""
+        renderer, self._renderer = self._renderer, None
+        if renderer is not None:
+            try:
+                renderer.close()
+            except Exception:  # noqa: BLE001 -- a dying GL context must not turn close() into an error
+                pass
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    # -- the expert ---------------------------------------------------------------------------------
+    def expert(self):
+        """A scripted expert (policy API: reset(), select_action(obs)) acting on this env's state."""
+        from vla_accel.envs.tabletop.expert import ScriptedExpert
+
+        return ScriptedExpert(self)
+
+    # -- internals ----------------------------------------------------------------------------------
+    def _validate_action(self, action) -> np.ndarray:
+        a = np.asarray(action, dtype=np.float64)
+        if a.shape != (7,):
+            raise ValueError(
+                f"action must have shape (7,) = [dx, dy, dz, droll, dpitch, dyaw, gripper], got shape {a.shape}"
+            )
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"action holds NaN or inf: {a.tolist()}")
+        return np.clip(a, -1.0, 1.0)
+
+    def _apply_init_state(self, index: int) -> None:
+        rng = np.random.default_rng(init_state_seed(self.suite, self.task_id, index))
+        layout = self.task.sample_layout(rng)
+        home = GRIPPER_HOME + rng.uniform(-HOME_JITTER, HOME_JITTER, size=3)
+        mujoco.mj_resetData(self.model, self.data)
+        for spec in self.task.objects:
+            x, y, yaw = layout.objects[spec.name]
+            self.sim.set_pose(spec.name, np.array([x, y, spec.half_height]), yaw)
+        for zone in self.task.zones:
+            self.sim.set_zone(zone.name, *layout.zones[zone.name])
+        self._target_pos = home
+        self._target_quat = np.array([1.0, 0.0, 0.0, 0.0])
+        self.sim.set_gripper(home, self._target_quat)
+        self.data.qpos[self.sim._finger_qadr] = FINGER_OPEN
+        self.data.ctrl[:] = FINGER_OPEN
+        mujoco.mj_forward(self.model, self.data)
+
+    def _apply_action(self, a: np.ndarray) -> None:
+        start_pos, start_quat = self._target_pos.copy(), self._target_quat.copy()
+        target = np.clip(start_pos + a[:3] * POS_SCALE, WORKSPACE_LOW, WORKSPACE_HIGH)
+        # Anti-windup: a blocked gripper (pressing on the table or an object) must not accumulate an
+        # ever larger offset between the commanded target and where it really is.
+        eef = self.sim.eef_pos
+        self._target_pos = eef + np.clip(target - eef, -MAX_TARGET_LEAD, MAX_TARGET_LEAD)
+        rotvec = a[3:6] * ROT_SCALE  # world-frame rotation of this step
+        angle = float(np.linalg.norm(rotvec))
+        delta = np.array([1.0, 0.0, 0.0, 0.0])
+        if angle > 0:
+            mujoco.mju_axisAngle2Quat(delta, rotvec / angle, angle)
+        mujoco.mju_mulQuat(self._target_quat, delta, start_quat)
+        mujoco.mju_normalize4(self._target_quat)
+        self.data.ctrl[:] = FINGER_OPEN * (1.0 - a[6]) / 2.0
+
+        mocap = self.sim.mocap_index
+        n = self.n_substeps
+        step_quat = np.empty(4)
+        for k in range(1, n + 1):
+            f = k / n
+            self.data.mocap_pos[mocap] = start_pos + f * (self._target_pos - start_pos)
+            if angle > 0:
+                mujoco.mju_axisAngle2Quat(delta, rotvec / angle, angle * f)
+                mujoco.mju_mulQuat(step_quat, delta, start_quat)
+                self.data.mocap_quat[mocap] = step_quat
+            else:
+                self.data.mocap_quat[mocap] = start_quat
+            mujoco.mj_step(self.model, self.data)
+
+    def _state(self) -> np.ndarray:
+        axis_angle = np.zeros(3)
+        mujoco.mju_quat2Vel(axis_angle, self.sim.eef_quat, 1.0)
+        return np.concatenate([self.sim.eef_pos, axis_angle, self.sim.finger_qpos]).astype(np.float32)
+
+    def _observation(self) -> dict[str, Any]:
+        return {
+            "agentview_image": self._render_camera(self._agent_cam),
+            "wrist_image": self._render_camera(self._wrist_cam),
+            "state": self._state(),
+            "instruction": self.instruction,
+        }
+
+    def _render_camera(self, camera_id: int) -> np.ndarray:
+        if not self.render_images:
+            return np.zeros((self.image_size, self.image_size, 3), np.uint8)
+        if self._renderer is None:
+            self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+        self._renderer.update_scene(self.data, camera=camera_id)
+        return self._renderer.render()
+
+    def _info(self, success: bool) -> dict[str, Any]:
+        return {
+            "is_success": bool(success),
+            "task": self.task.name,
+            "task_id": self.task_id,
+            "suite": self.suite,
+            "init_state_id": self.init_state_id,
+        }

@@ -1,0 +1,102 @@
+"""Seeded scene layouts: object positions with minimum separation, small random yaw.
+
+A layout maps each object name to `(x, y, yaw)` on the table and each zone name to `(x, y)`. The 50
+init states of a task are the layouts drawn from 50 fixed seeds derived from (suite, task_id, index),
+so they are the same on every machine and every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+NUM_INIT_STATES = 50
+
+# Where objects may stand (metres, table frame): in front of the gripper's home, inside both cameras.
+TABLE_REGION = (-0.22, 0.22, -0.30, 0.30)  # x_lo, x_hi, y_lo, y_hi
+MIN_GAP = 0.025  # free space between two objects' footprint circles
+MAX_YAW = 0.35  # rad, the random yaw of objects about their upright axis
+
+Region = tuple[float, float, float, float]
+
+
+@dataclass
+class Layout:
+    objects: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # name -> x, y, yaw
+    zones: dict[str, tuple[float, float]] = field(default_factory=dict)  # name -> x, y
+
+    def xy(self, name: str) -> np.ndarray:
+        return np.array(self.objects[name][:2])
+
+
+def init_state_seed(suite: str, task_id: int, index: int) -> int:
+    """A stable 64-bit seed for one init state (Python's hash() is salted per process, so not that)."""
+    digest = hashlib.sha256(f"vla_accel/tabletop/{suite}/{task_id}/{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One object to place: `region` is fixed or computed from the positions placed before it."""
+
+    name: str
+    radius: float
+    region: Region | Callable[[dict[str, np.ndarray]], Region] = TABLE_REGION
+    yaw: bool = True  # False: yaw 0 (round things, whose yaw does not show)
+
+
+def place_items(
+    rng: np.random.Generator,
+    items: list[Item],
+    gap: float = MIN_GAP,
+    avoid: list[tuple[np.ndarray, float]] = (),
+    tries: int = 200,
+) -> Layout:
+    """Rejection-sample positions in order, each at least `gap` clear of those before it and of the
+    `avoid` circles (centre, radius). Restarts from scratch if one item finds no room."""
+    for _ in range(tries):
+        placed: dict[str, np.ndarray] = {}
+        radii: dict[str, float] = {}
+        ok = True
+        for it in items:
+            region = it.region(placed) if callable(it.region) else it.region
+            for _ in range(200):
+                p = np.array([rng.uniform(region[0], region[1]), rng.uniform(region[2], region[3])])
+                if all(np.linalg.norm(p - q) >= it.radius + radii[n] + gap for n, q in placed.items()) and all(
+                    np.linalg.norm(p - c) >= it.radius + r + gap for c, r in avoid
+                ):
+                    placed[it.name] = p
+                    radii[it.name] = it.radius
+                    break
+            else:
+                ok = False
+                break
+        if ok:
+            layout = Layout()
+            for it in items:
+                yaw = rng.uniform(-MAX_YAW, MAX_YAW) if it.yaw else 0.0
+                layout.objects[it.name] = (float(placed[it.name][0]), float(placed[it.name][1]), float(yaw))
+            return layout
+    raise RuntimeError(f"could not place {[it.name for it in items]} with gap {gap} in {tries} tries")
+
+
+def jittered(rng: np.random.Generator, nominal: dict[str, tuple[float, float]], jitter: float, yaw: dict[str, bool]) -> Layout:
+    """A fixed layout moved by a uniform jitter of +-`jitter` metres per object (LIBERO-goal style)."""
+    layout = Layout()
+    for name, (x, y) in nominal.items():
+        dx, dy = rng.uniform(-jitter, jitter, size=2)
+        a = rng.uniform(-MAX_YAW, MAX_YAW) if yaw.get(name, True) else 0.0
+        layout.objects[name] = (x + float(dx), y + float(dy), float(a))
+    return layout
+
+
+def around(center: np.ndarray, half: float) -> Region:
+    return (center[0] - half, center[0] + half, center[1] - half, center[1] + half)
+
+
+def distance(a: np.ndarray, b: np.ndarray) -> float:
+    return float(math.hypot(*(a - b)))

@@ -1,0 +1,78 @@
+"""`long` suite (LIBERO-10's idea): two-stage tasks; success needs both goals to hold at once."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vla_accel.envs.tabletop import objects as O
+from vla_accel.envs.tabletop.goals import Goal, PlaceIn, PlaceOn, Stack
+from vla_accel.envs.tabletop.layout import Item, Layout, place_items
+from vla_accel.envs.tabletop.tasks.base import MAX_STEPS_TWO_STAGES, Task, slug
+
+SUITE = "long"
+
+_ALL = {
+    o.name: o
+    for o in (
+        O.cube("red_cube", "red"),
+        O.cube("blue_cube", "blue"),
+        O.cylinder("green_cylinder", "green"),
+        O.cylinder("yellow_cylinder", "yellow"),
+        O.bowl("bowl"),
+        O.plate("plate"),
+        O.basket("basket"),
+    )
+}
+_PICKABLE = ("red_cube", "blue_cube", "green_cylinder", "yellow_cylinder")
+
+_SPECS: list[tuple[str, tuple[Goal, Goal]]] = [
+    ("put the red cube in the bowl and put the blue cube on the plate",
+     (PlaceIn("red_cube", "bowl"), PlaceOn("blue_cube", "plate"))),
+    ("put the green cylinder on the plate and put the red cube in the bowl",
+     (PlaceOn("green_cylinder", "plate"), PlaceIn("red_cube", "bowl"))),
+    ("put both the red cube and the blue cube in the basket",
+     (PlaceIn("red_cube", "basket"), PlaceIn("blue_cube", "basket"))),
+    ("stack the red cube on the blue cube and put the green cylinder in the bowl",
+     (Stack("red_cube", "blue_cube"), PlaceIn("green_cylinder", "bowl"))),
+    ("put the yellow cylinder in the basket and put the blue cube on the plate",
+     (PlaceIn("yellow_cylinder", "basket"), PlaceOn("blue_cube", "plate"))),
+    ("put the blue cube in the bowl and put the yellow cylinder on the plate",
+     (PlaceIn("blue_cube", "bowl"), PlaceOn("yellow_cylinder", "plate"))),
+    ("put both the green cylinder and the yellow cylinder in the basket",
+     (PlaceIn("green_cylinder", "basket"), PlaceIn("yellow_cylinder", "basket"))),
+    ("put the blue cube on the plate and put the green cylinder in the bowl",
+     (PlaceOn("blue_cube", "plate"), PlaceIn("green_cylinder", "bowl"))),
+    ("stack the blue cube on the red cube and put the yellow cylinder on the plate",
+     (Stack("blue_cube", "red_cube"), PlaceOn("yellow_cylinder", "plate"))),
+    ("put the red cube in the basket and put the green cylinder in the bowl",
+     (PlaceIn("red_cube", "basket"), PlaceIn("green_cylinder", "bowl"))),
+]
+
+
+def _objects_for(goals: tuple[Goal, Goal]) -> tuple[O.ObjectSpec, ...]:
+    """The goals' objects and destinations, plus one distractor so there is always a choice."""
+    names: list[str] = []
+    for g in goals:
+        for n in (g.obj, getattr(g, "container", None), getattr(g, "support", None), getattr(g, "base", None)):
+            if n and n not in names:
+                names.append(n)
+    names.append(next(n for n in _PICKABLE if n not in names))
+    # Destinations first: the big things get placed while there is still room.
+    names.sort(key=lambda n: n in _PICKABLE)
+    return tuple(_ALL[n] for n in names)
+
+
+def _layout(objects: tuple[O.ObjectSpec, ...]):
+    def sample(rng: np.random.Generator) -> Layout:
+        items = [Item(o.name, o.footprint_radius, yaw=not isinstance(o, (O.Cylinder, O.Plate))) for o in objects]
+        return place_items(rng, items, gap=0.03)
+
+    return sample
+
+
+def tasks() -> list[Task]:
+    out = []
+    for task_id, (text, goals) in enumerate(_SPECS):
+        objects = _objects_for(goals)
+        out.append(Task(SUITE, task_id, slug(text), text, objects, _layout(objects), goals, MAX_STEPS_TWO_STAGES))
+    return out

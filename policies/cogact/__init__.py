@@ -1,0 +1,1 @@
+"""CogACT-style policy: the VLM's cognition feature conditions a DiT diffusion action head."""

@@ -1,0 +1,112 @@
+"""A DiT action head (CogACT's "in-context conditioning" variant).
+
+Sequence: [timestep token, condition token, x_1 .. x_H] (B, 2 + H, W), learned position embedding,
+`depth` blocks of pre-norm self-attention (`attn`) and MLP (`mlp`) as separate sub-modules so that a
+feature cache can reuse their outputs between denoising steps (EfficientVLA), then a final norm and a
+linear layer on the H action tokens -> predicted noise (B, H, A).
+
+Classifier-free guidance: `null_condition` is a learned vector in the condition (cognition feature)
+space that replaces the condition with probability `cond_drop_prob` in training.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (B,) timesteps -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TimestepEmbedder(nn.Module):
+    def __init__(self, width: int, freq_dim: int = 256) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:  # (B,) -> (B, W)
+        emb = timestep_embedding(t, self.freq_dim)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+
+
+class SelfAttention(nn.Module):
+    """Bidirectional multi-head attention over the DiT sequence."""
+
+    def __init__(self, width: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, head_dim)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, eps=1e-6)
+        self.attn = SelfAttention(width, num_heads)
+        self.norm2 = nn.LayerNorm(width, eps=1e-6)
+        self.mlp = FeedForward(width, int(width * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class DiT(nn.Module):
+    def __init__(self, action_dim: int, horizon: int, cond_dim: int, width: int = 256, depth: int = 4,
+                 num_heads: int = 4, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        if width % num_heads:
+            raise ValueError(f"DiT width {width} must be divisible by num_heads {num_heads}")
+        self.horizon = horizon
+        self.x_embedder = nn.Linear(action_dim, width)
+        self.t_embedder = TimestepEmbedder(width)
+        self.z_embedder = nn.Linear(cond_dim, width)
+        self.null_condition = nn.Parameter(torch.randn(1, cond_dim) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(1, horizon + 2, width) * 0.02)
+        self.blocks = nn.ModuleList(DiTBlock(width, num_heads, mlp_ratio) for _ in range(depth))
+        self.final_norm = nn.LayerNorm(width, eps=1e-6)
+        self.final_proj = nn.Linear(width, action_dim)
+        nn.init.zeros_(self.final_proj.weight)  # start by predicting zero noise (DiT's init)
+        nn.init.zeros_(self.final_proj.bias)
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """x (B, H, A) noisy actions, t (B,) timesteps, cond (B, C) -> tokens (B, 2 + H, W)."""
+        tokens = torch.cat([self.t_embedder(t)[:, None], self.z_embedder(cond)[:, None],
+                            self.x_embedder(x)], dim=1)
+        return tokens + self.pos_embed
+
+    def head(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, 2 + H, W) -> predicted noise (B, H, A)."""
+        return self.final_proj(self.final_norm(tokens[:, -self.horizon :]))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x, t, cond)
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.head(tokens)

@@ -1,0 +1,150 @@
+"""The CogACT-style policy: prefill `[BOS][visual][prompt][<cog>]`, take the cognition token's
+final-layer hidden state (the runner's `PrefillResult.hidden`), and denoise a chunk of H actions with
+the DiT head by DDIM (optionally classifier-free guided); un-normalise with q01/q99 (`unnorm_key`)."""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vla_accel.policies.cogact.configuration_cogact import MODEL_TYPE, CogACTConfig
+from vla_accel.policies.cogact.ddim import DDIM
+from vla_accel.policies.cogact.dit import DiT
+from vla_accel.policies.cogact.ensemble import AdaptiveEnsembler
+from vla_accel.policies.common.action_tokenizer import action_stats, unnormalize_actions
+from vla_accel.policies.common.observation import as_uint8_image, check_instructions
+from vla_accel.policies.common.tokenizer import COG
+from vla_accel.policies.common.vlm import VLMBase, read_config
+from vla_accel.policies.openvla.processor_openvla import ProcessedInputs
+
+
+class CogACTPolicy(VLMBase):
+    config_class = CogACTConfig
+    model_type = MODEL_TYPE
+
+    def __init__(self, config: CogACTConfig, tokenizer, runner=None) -> None:
+        super().__init__(config, tokenizer, runner)
+        self.cognition_id = tokenizer.convert_tokens_to_ids(COG)
+        hidden = self.language_model.config.hidden_size
+        self.action_model = DiT(config.action_dim, config.chunk_size, hidden, config.dit_width,
+                                config.dit_depth, config.dit_heads, config.dit_mlp_ratio)
+        self.diffusion = DDIM(config.diffusion_steps, config.noise_schedule)
+        self.ensembler = AdaptiveEnsembler(config.chunk_size, config.ensemble_alpha)
+        self._queue: deque[np.ndarray] = deque()
+        self._generator = torch.Generator()
+        self._seed_noise()
+
+    @staticmethod
+    def n_action_tokens(config: CogACTConfig) -> int:
+        return 0  # actions come from the DiT, not from tokens
+
+    def _seed_noise(self) -> None:
+        if self.config.sampling_seed is not None:
+            self._generator.manual_seed(self.config.sampling_seed)
+
+    # --- LeRobot-style API --------------------------------------------------------------------
+    def reset(self) -> None:
+        self._queue.clear()
+        self.ensembler.reset()
+        self._seed_noise()
+        self.runner.reset()
+
+    @torch.no_grad()
+    def select_action(self, obs: dict) -> np.ndarray:
+        if self.config.use_ensemble:  # predict every step, blend with the earlier chunks
+            return self.ensembler.update(self.predict_action_chunk(obs)[0])
+        if not self._queue:
+            self._queue.extend(self.predict_action_chunk(obs)[0, : self.config.n_action_steps])
+        return self._queue.popleft()
+
+    @torch.no_grad()
+    def predict_action_chunk(self, obs: dict, noise: torch.Tensor | None = None,
+                             unnorm_key: str | None = None) -> np.ndarray:
+        """obs (unbatched or batched) -> (B, chunk_size, action_dim) float32 un-normalised actions.
+        noise: optional (B, H, A) initial noise (else drawn from the policy's seeded generator)."""
+        key = unnorm_key if unnorm_key is not None else self.unnorm_key
+        stats = action_stats(self.config.norm_stats, key)
+        cognition = self.cognition_feature(self.process(self.parse(obs)))  # (B, D)
+        normalized = self.sample_actions(cognition, noise)
+        self.runner.end_step()
+        return unnormalize_actions(normalized.float().cpu().numpy(), stats)
+
+    @torch.no_grad()
+    def predict_action(self, image, instruction: str, unnorm_key: str | None = None,
+                       wrist_image=None) -> np.ndarray:
+        """OpenVLA-style call -> the chunk (chunk_size, action_dim) for one image + instruction."""
+        obs = {"agentview_image": as_uint8_image(image, "image"),
+               "instruction": check_instructions([instruction], 1)[0]}
+        if wrist_image is not None:
+            obs["wrist_image"] = as_uint8_image(wrist_image, "wrist_image")
+        return self.predict_action_chunk(obs, unnorm_key=unnorm_key)[0]
+
+    # --- the two halves -----------------------------------------------------------------------
+    def cognition_suffix(self, batch: int) -> list[list[int]]:
+        return [[self.cognition_id]] * batch
+
+    def cognition_feature(self, inputs: ProcessedInputs) -> torch.Tensor:
+        """Final-normed hidden state at the cognition token, through the runner: (B, D)."""
+        return self.prefill(inputs, self.cognition_suffix(len(inputs.text_ids))).hidden
+
+    def sample_actions(self, cognition: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """DDIM over `ddim_steps` from noise to normalised actions (B, H, A) in [-1, 1]."""
+        b, cfg = cognition.shape[0], self.config
+        shape = (b, cfg.chunk_size, cfg.action_dim)
+        if noise is None:
+            noise = torch.randn(shape, generator=self._generator)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+        x = noise.to(device=cognition.device, dtype=self.action_model.x_embedder.weight.dtype)
+        cond = cognition.to(x.dtype)
+        guided = cfg.cfg_scale > 1.0
+        if guided:  # one batched pass: [conditional; null condition]
+            cond = torch.cat([cond, self.action_model.null_condition.expand(b, -1).to(x.dtype)], dim=0)
+        steps = self.diffusion.timesteps(cfg.ddim_steps)
+        for i, t in enumerate(steps):
+            t_prev = steps[i + 1] if i + 1 < len(steps) else -1
+            x_in = torch.cat([x, x], dim=0) if guided else x
+            t_in = torch.full((x_in.shape[0],), t, device=x.device, dtype=torch.long)
+            eps = self.action_model(x_in, t_in, cond)
+            if guided:
+                eps_cond, eps_null = eps.chunk(2, dim=0)
+                eps = eps_null + cfg.cfg_scale * (eps_cond - eps_null)
+            x = self.diffusion.step(eps, t, t_prev, x)
+        return x.clamp(-1.0, 1.0)
+
+    # --- training -----------------------------------------------------------------------------
+    def diffusion_loss(self, inputs: ProcessedInputs, actions: torch.Tensor, freeze_vlm: bool = False,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """Epsilon-prediction MSE. actions (B, H, A) normalised to [-1, 1]."""
+        if freeze_vlm:
+            with torch.no_grad():
+                cognition = self.training_cognition(inputs)
+        else:
+            cognition = self.training_cognition(inputs)
+        r = self.config.repeated_diffusion_steps
+        x0 = actions.to(cognition.device, cognition.dtype).repeat(r, 1, 1)  # (r * B, H, A)
+        cond = cognition.repeat(r, 1)
+        n = x0.shape[0]
+        t = torch.randint(0, self.config.diffusion_steps, (n,), generator=generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0)
+        drop = torch.rand(n, generator=generator).to(x0.device) < self.config.cond_drop_prob
+        cond = torch.where(drop[:, None], self.action_model.null_condition.to(cond.dtype), cond)
+        eps = self.action_model(self.diffusion.add_noise(x0, noise, t), t, cond)
+        return F.mse_loss(eps.float(), noise.float())
+
+    def training_cognition(self, inputs: ProcessedInputs) -> torch.Tensor:
+        """The cognition feature by a plain (uncached, differentiable) forward: (B, D)."""
+        batch = self.prompt_batch(inputs, self.cognition_suffix(len(inputs.text_ids)))
+        embeds = self.embed(batch, self.encode_images(inputs.pixel_values))
+        out = self.language_model.model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
+                                        position_ids=batch.position_ids)
+        return out.last_hidden_state[:, -1]
+
+    # --- checkpoints --------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | Path, runner=None, device=None, dtype=None) -> "CogACTPolicy":
+        return cls._load_native(Path(path), read_config(path), runner=runner, device=device, dtype=dtype)

@@ -1,0 +1,58 @@
+"""`make_policy` builders for the learned policies (`policy.type: openvla | cogact`).
+
+The policy config names a checkpoint `path` (ours, or for openvla also the OpenVLA HF layout), the
+`device`, the `dtype` (null: float32 on CPU, bfloat16 on CUDA) and the `unnorm_key`. CogACT's
+inference options (n_action_steps, use_ensemble, cfg_scale, ddim_steps, sampling_seed) may be set at
+the top level of the policy config to override the checkpoint's values.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+COGACT_RUNTIME = ("n_action_steps", "use_ensemble", "cfg_scale", "ddim_steps", "sampling_seed",
+                  "ensemble_alpha")
+
+
+def _device_dtype(cfg: Mapping[str, Any]) -> tuple[str, torch.dtype]:
+    device = str(cfg.get("device") or "cpu")
+    name = cfg.get("dtype")
+    if name is None:
+        return device, torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; valid: {sorted(DTYPES)}")
+    return device, DTYPES[name]
+
+
+def _path(cfg: Mapping[str, Any], kind: str) -> str:
+    if not cfg.get("path"):
+        raise ValueError(f"policy type {kind!r} needs policy.path: a checkpoint directory "
+                         "(train one with `vla-accel train`)")
+    return str(cfg["path"])
+
+
+def make_openvla_policy(cfg: Mapping[str, Any], env=None):
+    from vla_accel.policies.openvla.modeling_openvla import OpenVLAPolicy
+
+    device, dtype = _device_dtype(cfg)
+    policy = OpenVLAPolicy.from_pretrained(_path(cfg, "openvla"), device=device, dtype=dtype)
+    policy.unnorm_key = cfg.get("unnorm_key")
+    return policy
+
+
+def make_cogact_policy(cfg: Mapping[str, Any], env=None):
+    from vla_accel.policies.cogact.configuration_cogact import CogACTConfig
+    from vla_accel.policies.cogact.modeling_cogact import CogACTPolicy
+
+    device, dtype = _device_dtype(cfg)
+    policy = CogACTPolicy.from_pretrained(_path(cfg, "cogact"), device=device, dtype=dtype)
+    policy.unnorm_key = cfg.get("unnorm_key")
+    overrides = {k: cfg[k] for k in COGACT_RUNTIME if cfg.get(k) is not None}
+    if overrides:
+        merged = {**policy.config.to_dict(), **overrides}
+        policy.config = CogACTConfig.from_dict(merged)  # validates the new values
+        policy.reset()
+    return policy

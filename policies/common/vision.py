@@ -1,0 +1,218 @@
+"""A ViT vision backbone whose parameter names are timm's (and so OpenVLA's checkpoint keys).
+
+Names per encoder (timm `VisionTransformer`): `patch_embed.proj` (Conv2d), `cls_token` (1, 1, D),
+`reg_token` (1, R, D), `pos_embed` (1, P or 1+P, D), `blocks.N.{norm1, attn.qkv, attn.proj,
+ls1.scale_factor, norm2, mlp.fc1, mlp.fc2, ls2.scale_factor}`, `norm`. Layer scale is called
+`scale_factor` (not timm's `gamma`) because OpenVLA's HF export renamed it so; `openvla_hf_layout` maps
+timm's `gamma` too. The patch features come from block `feature_layer` (OpenVLA: the second-to-last
+block, -2), without the final norm and without prefix (class/register) tokens; blocks after it are
+never run.
+
+`VisionBackbone` holds `featurizer` and, for a Prismatic-style fused backbone (DINOv2 + SigLIP), a
+`fused_featurizer`: both see the same image (each with its own mean/std) and their per-patch
+features are concatenated along the channel dimension: (B, P, D1 + D2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
+
+
+class QuickGELU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+@dataclass
+class ViTConfig:
+    image_size: int = 128
+    patch_size: int = 16
+    width: int = 192
+    depth: int = 4
+    num_heads: int = 3
+    mlp_dim: int = 768
+    class_token: bool = True
+    reg_tokens: int = 0
+    # timm's `no_embed_class`: the position table covers the patches only (DINOv2-reg, SigLIP).
+    no_embed_class: bool = False
+    layer_scale: bool = False
+    layer_scale_init: float = 1e-5
+    act: str = "gelu"  # "gelu" (erf, timm's default), "gelu_tanh" or "quick_gelu" (OpenAI CLIP)
+    ln_eps: float = 1e-6
+    feature_layer: int = -2  # which block's output is the patch feature (OpenVLA: second-to-last)
+    # Per-channel pixel normalisation applied to images in [0, 1] (ImageNet for DINOv2, 0.5 for SigLIP).
+    image_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    image_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}"
+            )
+        if self.width % self.num_heads:
+            raise ValueError(f"width {self.width} must be divisible by num_heads {self.num_heads}")
+        if self.act not in ACTIVATIONS:
+            raise ValueError(f"unknown act {self.act!r}; valid: {ACTIVATIONS}")
+        if not -self.depth <= self.feature_layer < self.depth:
+            raise ValueError(f"feature_layer {self.feature_layer} out of range for depth {self.depth}")
+        if len(self.image_mean) != 3 or len(self.image_std) != 3:
+            raise ValueError("image_mean and image_std need 3 values (RGB)")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(self.class_token) + self.reg_tokens
+
+    @property
+    def last_block(self) -> int:
+        """Index of the last block that runs (the feature layer, as a non-negative index)."""
+        return self.feature_layer % self.depth
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, P, D)
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with timm's fused `qkv` projection."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, N, head_dim)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, act: str) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = QuickGELU() if act == "quick_gelu" else nn.GELU(
+            approximate="tanh" if act == "gelu_tanh" else "none")
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int, init: float) -> None:
+        super().__init__()
+        self.scale_factor = nn.Parameter(torch.full((dim,), init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale_factor
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        d = cfg.width
+        self.norm1 = nn.LayerNorm(d, eps=cfg.ln_eps)
+        self.attn = Attention(d, cfg.num_heads)
+        self.ls1 = LayerScale(d, cfg.layer_scale_init) if cfg.layer_scale else nn.Identity()
+        self.norm2 = nn.LayerNorm(d, eps=cfg.ln_eps)
+        self.mlp = Mlp(d, cfg.mlp_dim, cfg.act)
+        self.ls2 = LayerScale(d, cfg.layer_scale_init) if cfg.layer_scale else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x)))
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+class ViTEncoder(nn.Module):
+    """One ViT; `forward` returns the patch features of block `cfg.feature_layer`: (B, P, D)."""
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.width
+        self.patch_embed = PatchEmbed(cfg)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.class_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, d)) if cfg.reg_tokens else None
+        n_pos = cfg.num_patches + (0 if cfg.no_embed_class else cfg.num_prefix_tokens)
+        self.pos_embed = nn.Parameter(torch.randn(1, n_pos, d) * 0.02)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        # Kept so that checkpoints round-trip; not used for the patch features (as in OpenVLA).
+        self.norm = nn.LayerNorm(d, eps=cfg.ln_eps)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        if self.reg_token is not None:
+            nn.init.normal_(self.reg_token, std=1e-6)
+
+    def _prefix(self, b: int) -> list[torch.Tensor]:
+        tokens = []
+        if self.cls_token is not None:
+            tokens.append(self.cls_token.expand(b, -1, -1))
+        if self.reg_token is not None:
+            tokens.append(self.reg_token.expand(b, -1, -1))
+        return tokens
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Patch + position embedding with prefix tokens first: (B, prefix + P, D)."""
+        x = self.patch_embed(pixel_values)
+        b = x.shape[0]
+        if self.cfg.no_embed_class:  # timm: pos_embed on patches, then prepend prefix tokens
+            return torch.cat(self._prefix(b) + [x + self.pos_embed], dim=1)
+        return torch.cat(self._prefix(b) + [x], dim=1) + self.pos_embed
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = self.embed(pixel_values)
+        for block in self.blocks[: self.cfg.last_block + 1]:
+            x = block(x)
+        return x[:, self.cfg.num_prefix_tokens :]
+
+
+class VisionBackbone(nn.Module):
+    """One ViT, or two fused channel-wise per patch (Prismatic's DINOv2 + SigLIP)."""
+
+    def __init__(self, encoders: list[ViTConfig]) -> None:
+        super().__init__()
+        if len(encoders) not in (1, 2):
+            raise ValueError(f"need 1 or 2 vision encoders, got {len(encoders)}")
+        if len(encoders) == 2 and encoders[0].num_patches != encoders[1].num_patches:
+            raise ValueError(
+                "fused encoders must give the same number of patches, got "
+                f"{encoders[0].num_patches} and {encoders[1].num_patches}"
+            )
+        self.featurizer = ViTEncoder(encoders[0])
+        self.fused_featurizer = ViTEncoder(encoders[1]) if len(encoders) == 2 else None
+        self.embed_dim = sum(e.width for e in encoders)
+        self.num_patches = encoders[0].num_patches
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values (B, 3 * n_encoders, H, W), each encoder's normalisation stacked on channels
+        (OpenVLA's layout) -> (B, P, sum of widths)."""
+        if self.fused_featurizer is None:
+            return self.featurizer(pixel_values)
+        img, img_fused = torch.split(pixel_values, [3, 3], dim=1)
+        return torch.cat([self.featurizer(img), self.fused_featurizer(img_fused)], dim=2)

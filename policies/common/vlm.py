@@ -1,0 +1,143 @@
+"""The VLM both policies share: `vision_backbone` -> `projector` -> `language_model` (Llama).
+
+Attribute names follow OpenVLA's checkpoint (`vision_backbone.featurizer.*`, `projector.fc*`,
+`language_model.model.layers.N.*`, `language_model.lm_head`), so its state dict keys line up.
+Every LLM call goes through `self.runner` (docs/interfaces.md, "The LLM runner seam").
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+from transformers import LlamaConfig, PreTrainedTokenizerBase
+
+from vla_accel.policies.common.llm import build_llama, llama_config, padded_vocab
+from vla_accel.policies.common.observation import ParsedObs, parse_obs
+from vla_accel.policies.common.projector import Projector
+from vla_accel.policies.common.prompt import PromptBatch, build_prompt_batch, scatter_visual
+from vla_accel.policies.common.tokenizer import build_tokenizer
+from vla_accel.policies.common.vision import VisionBackbone
+from vla_accel.policies.common.vlm_config import VLMConfig
+from vla_accel.policies.llm_runner import HFRunner, PrefillResult
+from vla_accel.policies.openvla.processor_openvla import ProcessedInputs, VLAProcessor
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def complete_vocab(config: VLMConfig, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Fill `text_config` and `action_vocab_end` for a new model from its tokenizer."""
+    if config.text_config is None:
+        n = len(tokenizer)
+        cfg = llama_config(config.llm, padded_vocab(n, config.pad_to_multiple_of),
+                           tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        config.text_config = cfg.to_dict()
+    if config.action_vocab_end is None:
+        config.action_vocab_end = len(tokenizer)
+
+
+class VLMBase(nn.Module):
+    config_class: type[VLMConfig] = VLMConfig
+    model_type: str = "vla_accel_vlm"
+
+    def __init__(self, config: VLMConfig, tokenizer: PreTrainedTokenizerBase, runner=None) -> None:
+        super().__init__()
+        complete_vocab(config, tokenizer)
+        self.config = config
+        self.tokenizer = tokenizer
+        self.processor = VLAProcessor(tokenizer, config)
+        self.vision_backbone = VisionBackbone(config.vision)
+        llm_cfg = LlamaConfig(**{k: v for k, v in config.text_config.items()
+                                 if k not in ("transformers_version", "architectures", "model_type")})
+        self.projector = Projector(self.vision_backbone.embed_dim, llm_cfg.hidden_size,
+                                   config.projector_layers)
+        self.language_model = build_llama(llm_cfg, config.attn_implementation)
+        self.runner = runner if runner is not None else HFRunner()
+        self.unnorm_key: str | None = None
+
+    # --- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: VLMConfig, extra_texts: list[str] | None = None, runner=None):
+        """A new, randomly initialised model with a tokenizer trained on our corpus + extra_texts."""
+        tokenizer = build_tokenizer(config.bpe_vocab_size, cls.n_action_tokens(config), extra_texts)
+        return cls(config, tokenizer, runner=runner)
+
+    @staticmethod
+    def n_action_tokens(config: VLMConfig) -> int:
+        return 256
+
+    # --- device / dtype -----------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    # --- inputs -------------------------------------------------------------------------------
+    def parse(self, obs: dict) -> ParsedObs:
+        return parse_obs(obs, self.config.cameras, self.config.input_image_size)
+
+    def process(self, parsed: ParsedObs) -> ProcessedInputs:
+        return self.processor(parsed, self.device)
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, n_cameras, C, S, S) -> visual tokens (B, n_cameras * P, D_llm)."""
+        b, n_cam = pixel_values.shape[:2]
+        flat = pixel_values.flatten(0, 1).to(self.dtype)
+        patches = self.vision_backbone(flat)  # (B * n_cam, P, Dv)
+        visual = self.projector(patches)  # (B * n_cam, P, D)
+        return visual.reshape(b, n_cam * visual.shape[1], visual.shape[2])
+
+    def prompt_batch(self, inputs: ProcessedInputs, suffix_ids: list[list[int]] | None = None) -> PromptBatch:
+        batch = build_prompt_batch(inputs.text_ids, inputs.instr_masks, self.config.num_visual_tokens,
+                                   self.tokenizer.bos_token_id, self.tokenizer.pad_token_id, suffix_ids)
+        return batch.to(self.device)
+
+    def embed(self, batch: PromptBatch, visual: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with the visual slots filled: (B, T, D)."""
+        tokens = self.language_model.get_input_embeddings()(batch.input_ids)
+        return scatter_visual(tokens, visual, batch.visual_start)
+
+    def prefill(self, inputs: ProcessedInputs, suffix_ids: list[list[int]] | None = None) -> PrefillResult:
+        batch = self.prompt_batch(inputs, suffix_ids)
+        embeds = self.embed(batch, self.encode_images(inputs.pixel_values))
+        return self.runner.prefill(self.language_model, embeds, batch.attention_mask,
+                                   batch.visual_start, batch.num_visual, batch.text_mask)
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        cfg = {"model_type": self.model_type, **self.config.to_dict()}
+        (path / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
+        save_model(self, str(path / WEIGHTS_FILE))
+        self.processor.save_pretrained(path)
+
+    @classmethod
+    def _load_native(cls, path: Path, cfg: dict[str, Any], runner=None, device=None, dtype=None):
+        from vla_accel.policies.common.tokenizer import load_tokenizer
+
+        if cfg.get("model_type") != cls.model_type:
+            raise ValueError(
+                f"{path} holds a {cfg.get('model_type')!r} checkpoint, not {cls.model_type!r}"
+            )
+        model = cls(cls.config_class.from_dict(cfg), load_tokenizer(path), runner=runner)
+        load_model(model, str(path / WEIGHTS_FILE), strict=True, device="cpu")
+        model.eval()
+        if device is not None or dtype is not None:
+            model.to(device=device, dtype=dtype)
+        return model
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"no {CONFIG_FILE} in {path}; not a checkpoint directory")
+    return json.loads((path / CONFIG_FILE).read_text())

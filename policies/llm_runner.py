@@ -1,0 +1,77 @@
+"""The LLM runner seam (docs/interfaces.md): every LLM call of the VLA policies goes through one.
+
+`HFRunner` is the plain runner: transformers' own `LlamaModel` forward with a `DynamicCache`, explicit
+position ids cumsum(mask) - 1, and the left-padding mask carried in the cache object so that decode
+steps keep ignoring the pads. The accelerator swaps in its own runner with the same four methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+from transformers import DynamicCache, LlamaForCausalLM
+
+from vla_accel.policies.common.prompt import positions_from_mask
+
+
+@dataclass
+class PrefillResult:
+    logits: Tensor  # (B, V) next-token logits at each row's last prompt position
+    hidden: Tensor  # (B, D) final-normed last-layer hidden state there (CogACT's cognition feature)
+    cache: Any  # the KV cache, handed back to decode_one_token
+    next_position: Tensor  # (B,) long: the RoPE position id of each row's next token
+
+
+@runtime_checkable
+class LLMRunner(Protocol):
+    def reset(self) -> None: ...
+
+    def prefill(self, llm: LlamaForCausalLM, inputs_embeds: Tensor, attention_mask: Tensor,
+                visual_start: Tensor, num_visual: int, text_mask: Tensor) -> PrefillResult: ...
+
+    def decode_one_token(self, llm: LlamaForCausalLM, token_embeds: Tensor, cache: Any,
+                         position_ids: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def end_step(self) -> None: ...
+
+
+@dataclass
+class HFCache:
+    """A DynamicCache plus the (B, T_past) attention mask over what it holds (left pads = 0)."""
+
+    kv: DynamicCache
+    attention_mask: Tensor
+
+
+class HFRunner:
+    """transformers' forward, nothing changed: the reference every other runner must match."""
+
+    def reset(self) -> None:  # no temporal state
+        pass
+
+    def end_step(self) -> None:
+        pass
+
+    def prefill(self, llm: LlamaForCausalLM, inputs_embeds: Tensor, attention_mask: Tensor,
+                visual_start: Tensor, num_visual: int, text_mask: Tensor) -> PrefillResult:
+        cache = DynamicCache(config=llm.config)
+        position_ids = positions_from_mask(attention_mask)
+        out = llm.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                        position_ids=position_ids, past_key_values=cache, use_cache=True)
+        hidden = out.last_hidden_state[:, -1]  # (B, D); prompts are left-padded, so -1 is last real
+        logits = llm.lm_head(hidden)
+        return PrefillResult(logits=logits, hidden=hidden,
+                             cache=HFCache(cache, attention_mask.clone()),
+                             next_position=position_ids[:, -1] + 1)
+
+    def decode_one_token(self, llm: LlamaForCausalLM, token_embeds: Tensor, cache: HFCache,
+                         position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        ones = torch.ones_like(cache.attention_mask[:, :1])
+        cache.attention_mask = torch.cat([cache.attention_mask, ones], dim=1)  # (B, T_past + 1)
+        out = llm.model(inputs_embeds=token_embeds, attention_mask=cache.attention_mask,
+                        position_ids=position_ids, past_key_values=cache.kv, use_cache=True)
+        hidden = out.last_hidden_state[:, -1]
+        return llm.lm_head(hidden), hidden

@@ -1,0 +1,1 @@
+"""OpenVLA-style policy: ViT(s) -> MLP projector -> Llama, 7 autoregressive action tokens."""

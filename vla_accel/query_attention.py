@@ -1,0 +1,38 @@
+"""Attention weights for a few chosen queries at one layer, computed on the side.
+
+Every layer keeps running its normal (SDPA) attention; where a pruning method needs attention maps we
+recompute only the rows it needs from that layer's own q projection and the post-RoPE keys already in
+the KV cache, so there is no global switch to eager attention and no (B, H, T, T) map at other layers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from transformers.models.llama.modeling_llama import repeat_kv, rotate_half
+
+
+def query_attention(
+    layer: nn.Module,
+    rotary_emb: nn.Module,
+    hidden_in: Tensor,  # (B, Q, D) the layer's INPUT hidden states at the query positions
+    query_pos: Tensor,  # (B, Q) long, RoPE position ids of the queries
+    keys: Tensor,  # (B, H_kv, S, hd) post-RoPE keys of this layer (from the KV cache)
+    allowed: Tensor,  # (B, Q, S) bool, which keys each query may attend to (causal and padding)
+) -> Tensor:
+    """Head-averaged softmax attention of the queries over the S keys: (B, Q, S) float32.
+
+    Same maths as the layer's own attention: RMSNorm -> q_proj -> RoPE -> q k^T * scaling -> mask ->
+    softmax (float32), then the mean over the H query heads (GQA key heads repeated).
+    """
+    attn = layer.self_attn
+    B, Q, _ = hidden_in.shape
+    h = layer.input_layernorm(hidden_in)
+    q = attn.q_proj(h).view(B, Q, -1, attn.head_dim).transpose(1, 2)  # (B, H, Q, hd)
+    cos, sin = rotary_emb(h, query_pos)  # (B, Q, hd)
+    q = q * cos[:, None] + rotate_half(q) * sin[:, None]
+    k = repeat_kv(keys, attn.num_key_value_groups)  # (B, H, S, hd)
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scaling  # (B, H, Q, S)
+    scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)  # a query with no allowed key -> all zeros
+    return probs.mean(dim=1)
