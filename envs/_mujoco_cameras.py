@@ -14,7 +14,7 @@ _SLOW_FLAGS = (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTIO
 class CameraRenderer:
     """One `mujoco.Renderer` of size (H, W) = (image_size, image_size) shared by several cameras.
 
-    `upside_down` names cameras whose model frame is rolled half a turn (their "up" axis points down in
+    Shadows, reflections, skybox and anti-aliasing are off. `upside_down` names cameras whose model frame is rolled half a turn (their "up" axis points down in
     the world): their frames are turned 180 degrees so that row 0 is the top of the picture.
     """
 
@@ -22,6 +22,9 @@ class CameraRenderer:
         # The offscreen framebuffer must be at least as large as the frame.
         model.vis.global_.offwidth = max(model.vis.global_.offwidth, image_size)
         model.vis.global_.offheight = max(model.vis.global_.offheight, image_size)
+        # No multisample anti-aliasing: Meta-World asks for 4 samples, which costs ~40% of a frame in
+        # software rendering (measured 17.4 -> 10.7 ms per 128x128 frame) and adds nothing at these sizes.
+        model.vis.quality.offsamples = 0
         self._model = model
         self._renderer = mujoco.Renderer(model, height=image_size, width=image_size)
         for flag in _SLOW_FLAGS:

@@ -20,7 +20,10 @@ What the adapter maps, and how:
   with [g, -g], and its scripted experts close with +1), so g passes through unchanged.
 - Success: Meta-World's `info["success"]`.
 - Control rate: native 80 Hz (frame_skip 5 x 2.5 ms). `control_hz` other than that changes
-  `frame_skip` to round(1 / (control_hz * timestep)); the rate actually used is `env.unwrapped.control_hz`.
+  `frame_skip` to round(1 / (control_hz * timestep)) with a warning; the rate actually used is
+  `env.unwrapped.control_hz`. The scripted experts are tuned for 80 Hz: at 20 Hz push-v3 and
+  peg-insert-side-v3 fail every episode, door-open drops to 8/10 (measured with
+  `python -m vla_accel.envs._metaworld_expert_eval --episodes 10 --control-hz 20`).
 - `env.unwrapped.expert()`: Meta-World's scripted policy for the task, fed the raw 39-D observation the
   adapter keeps from the last reset/step, its 4-D output mapped to our 7-D action.
 """
@@ -66,10 +69,25 @@ WRIST_CAMERA = "gripperPOV"
 # Fixed cameras whose XML frame is rolled half a turn (measured up axes, world z: corner -0.96,
 # corner2 -0.87, corner3 -0.53, corner4 -0.87); tests/envs/test_metaworld_adapter.py checks this list.
 UPSIDE_DOWN_CAMERAS = frozenset({"corner", "corner2", "corner3", "corner4"})
-# Meta-World's max path length; the per-task limits below are shorter where the scripted experts need
-# far fewer steps (see the measurement in max_steps_for's docstring).
+# Step limits: twice the most steps Meta-World's scripted expert needed to succeed over the 50 init
+# states, rounded up to 50, capped at Meta-World's max path length 500. Measured (2026-11-22) with
+#   python -m vla_accel.envs._metaworld_expert_eval --episodes 50 --max-steps 500
+# most expert steps -> limit: reach 78 -> 200, push 74 -> 150, pick-place 61 -> 150, door-open 122 -> 250,
+# drawer-open 92 -> 200, drawer-close 79 -> 200, button-press-topdown 75 -> 150, peg-insert-side 240 ->
+# 500, window-open 96 -> 200, window-close 88 -> 200.
 MAX_PATH_LENGTH = 500
-MAX_STEPS: dict[str, int] = {name: MAX_PATH_LENGTH for name in MT10_TASKS}
+MAX_STEPS: dict[str, int] = {
+    "reach-v3": 200,
+    "push-v3": 150,
+    "pick-place-v3": 150,
+    "door-open-v3": 250,
+    "drawer-open-v3": 200,
+    "drawer-close-v3": 200,
+    "button-press-topdown-v3": 150,
+    "peg-insert-side-v3": 500,
+    "window-open-v3": 200,
+    "window-close-v3": 200,
+}
 _INSTALL_HINT = "Meta-World is an optional extra: pip install -e .[metaworld]"
 
 
@@ -135,11 +153,16 @@ class MetaWorldEnv(gym.Env):
 
         timestep = float(self._mw.model.opt.timestep)
         if control_hz is not None:
-            if not control_hz > 0:
-                raise ValueError(f"control_hz must be > 0, got {control_hz}")
-            frame_skip = round(1.0 / (float(control_hz) * timestep))
+            frame_skip = round(1.0 / (float(control_hz) * timestep)) if control_hz > 0 else 0
             if frame_skip < 1:
-                raise ValueError(f"control_hz={control_hz} is above the simulator's rate {1 / timestep:.0f} Hz")
+                self._mw.close()
+                raise ValueError(f"control_hz must be in (0, {1 / timestep:.0f}] Hz, got {control_hz}")
+            if frame_skip != self._mw.frame_skip:
+                warnings.warn(
+                    f"Meta-World at control_hz={control_hz} (frame_skip {frame_skip}, native 5 = 80 Hz): its "
+                    "scripted experts are tuned for 80 Hz (at 20 Hz push and peg-insert-side fail)",
+                    stacklevel=2,
+                )
             self._mw.frame_skip = frame_skip
         self.control_hz = 1.0 / (self._mw.frame_skip * timestep)
         self.metadata = {**self.metadata, "render_fps": int(round(self.control_hz))}

@@ -184,9 +184,10 @@ def run_train(cfg: DictConfig) -> Path:
         optimizer.step()
         scheduler.step()
         step += 1
-        record = {"step": step, "loss": float(loss), "lr": scheduler.get_last_lr()[0], **extra}
+        loss_value = float(loss.detach())
+        record = {"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0], **extra}
         log.write(json.dumps(record) + "\n")
-        bar.set_postfix(loss=f"{float(loss):.4f}", **{k: f"{v:.3f}" for k, v in extra.items()})
+        bar.set_postfix(loss=f"{loss_value:.4f}", **{k: f"{v:.3f}" for k, v in extra.items()})
         bar.update(1)
         if step % t.save_every == 0 or step == t.steps:
             policy.eval()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vla_accel.pruning import method_class
+from vla_accel.token_reuse import TokenReuseConfig
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,9 @@ class TokenPruningConfig:
         """M~ for M = num_visual visual tokens: round(M * keep_ratio) (at least 1), or keep_tokens."""
         if self.keep_tokens is not None:
             if self.keep_tokens > num_visual:
-                raise ValueError(f"token pruning: keep_tokens={self.keep_tokens} exceeds the {num_visual} visual tokens")
+                raise ValueError(
+                    f"token pruning: keep_tokens={self.keep_tokens} exceeds the {num_visual} visual tokens"
+                )
             return int(self.keep_tokens)
         return max(1, min(num_visual, round(num_visual * float(self.keep_ratio))))
 
@@ -115,25 +118,34 @@ class HeadCacheConfig:
 
 @dataclass(frozen=True)
 class AccelConfig:
-    """Each part is off when None."""
+    """Each part is off when None. ``reuse`` (VLA-Cache) and ``pruning`` exclude each other."""
 
     pruning: TokenPruningConfig | None = None
     layer_skip: LayerSkipConfig | None = None
     head_cache: HeadCacheConfig | None = None
+    reuse: TokenReuseConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.pruning is not None and self.reuse is not None:
+            raise ValueError(
+                "token pruning and VLA-Cache token reuse cannot be combined: reuse copies the K/V of the full "
+                "visual sequence from the previous step; choose one (method=null or reuse=null)"
+            )
 
     @property
     def is_off(self) -> bool:
-        return self.pruning is None and self.layer_skip is None and self.head_cache is None
+        return self.pruning is None and self.layer_skip is None and self.head_cache is None and self.reuse is None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> AccelConfig:
         """From the flat Hydra ``accel`` group: method, keep_ratio, keep_tokens, prune_layer, params,
-        skip_layers, skip_ranking_file, skip_num_drop, head_cache_interval (unknown keys raise)."""
+        skip_layers, skip_ranking_file, skip_num_drop, head_cache_interval, reuse (a mapping of
+        TokenReuseConfig's fields, or null); unknown keys raise."""
         d = dict(d or {})
         d.pop("name", None)
         known = {
             "method", "keep_ratio", "keep_tokens", "prune_layer", "params",
-            "skip_layers", "skip_ranking_file", "skip_num_drop", "head_cache_interval",
+            "skip_layers", "skip_ranking_file", "skip_num_drop", "head_cache_interval", "reuse",
         }  # fmt: skip
         unknown = sorted(set(d) - known)
         if unknown:
@@ -157,7 +169,14 @@ class AccelConfig:
         head = None
         if d.get("head_cache_interval") not in (None, 1):
             head = HeadCacheConfig(interval=d["head_cache_interval"])
-        return cls(pruning=pruning, layer_skip=skip, head_cache=head)
+        reuse = None
+        if d.get("reuse") is not None:
+            reuse_keys = set(TokenReuseConfig.__dataclass_fields__)
+            bad = sorted(set(d["reuse"]) - reuse_keys)
+            if bad:
+                raise ValueError(f"accel config: unknown reuse key(s) {bad}; valid: {sorted(reuse_keys)}")
+            reuse = TokenReuseConfig(**d["reuse"])
+        return cls(pruning=pruning, layer_skip=skip, head_cache=head, reuse=reuse)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -174,6 +193,7 @@ class LayerPlan:
     prune_layer:  K, the first layer (index in the unskipped model) that sees only kept tokens; None = off
     score_layer:  the executed layer whose attention ranks the tokens (the last executed layer before K)
     action_layer: the layer whose attention to the visual tokens is captured for the action score, or None
+    relevance_layer: the layer whose text -> vision attention marks VLA-Cache's task-relevant tokens, or None
     """
 
     num_layers: int
@@ -181,38 +201,80 @@ class LayerPlan:
     prune_layer: int | None
     score_layer: int | None
     action_layer: int | None
+    relevance_layer: int | None = None
 
 
 def resolve_plan(config: AccelConfig, num_layers: int) -> LayerPlan:
+    """Bind ``config`` to a model with ``num_layers`` layers; every layer index is checked here."""
     skipped = config.layer_skip.resolve(num_layers) if config.layer_skip else ()
     executed = tuple(x for x in range(num_layers) if x not in skipped)
-    prune_layer = score_layer = action_layer = None
+    prune_layer = score_layer = action_layer = relevance_layer = None
     if config.pruning is not None:
-        cls = method_class(config.pruning.method)
-        prune_layer = config.pruning.prune_layer
-        if prune_layer >= num_layers:
+        prune_layer, score_layer, action_layer = _pruning_layers(config.pruning, num_layers, skipped, executed)
+    if config.reuse is not None:
+        relevance_layer = config.reuse.relevance_layer
+        if relevance_layer is None:
+            relevance_layer = _middle_layer(num_layers)
+        if relevance_layer >= num_layers or relevance_layer in skipped:
             raise ValueError(
-                f"token pruning: layer K={prune_layer} is beyond the model's {num_layers} layers (valid 0..{num_layers - 1})"
+                f"vla_cache: relevance_layer={relevance_layer} must be an executed layer of the "
+                f"{num_layers}-layer model"
             )
-        if not any(x >= prune_layer for x in executed):
-            raise ValueError(f"token pruning: every layer from K={prune_layer} on is skipped; nothing would run pruned")
-        if prune_layer == 0 and cls(**config.pruning.params).score_queries is not None:
-            raise ValueError(
-                f"token pruning: {config.pruning.method!r} ranks tokens by the attention at layer K-1, so K must be >= 1"
-            )
-        if prune_layer > 0:
-            score_layer = prune_layer - 1
-            if score_layer in skipped:
-                raise ValueError(
-                    f"token pruning: the scores are read at layer K-1={score_layer}, which is skipped; "
-                    "choose another K or keep that layer"
-                )
-        if cls.needs_action_attention:
-            action_layer = config.pruning.params.get("action_layer")
-            if action_layer is None:
-                action_layer = max(0, num_layers // 2 - 1)  # layer 15 of 32, as the released code reads it
-            if action_layer >= num_layers:
-                raise ValueError(f"token pruning: action_layer={action_layer} is beyond the model's {num_layers} layers")
-            if action_layer in skipped:
-                raise ValueError(f"token pruning: action_layer={action_layer} is skipped; choose a kept layer")
-    return LayerPlan(num_layers, executed, prune_layer, score_layer, action_layer)
+    return LayerPlan(num_layers, executed, prune_layer, score_layer, action_layer, relevance_layer)
+
+
+def _middle_layer(num_layers: int) -> int:
+    return max(0, num_layers // 2 - 1)  # layer 15 of 32, where VLA-Pruner's and VLA-Cache's code read attention
+
+
+def _pruning_layers(pruning: TokenPruningConfig, num_layers: int, skipped, executed):
+    """(K, the score layer K-1 or None, the action layer or None), validated."""
+    cls = method_class(pruning.method)
+    k = pruning.prune_layer
+    if k >= num_layers:
+        raise ValueError(
+            f"token pruning: layer K={k} is beyond the model's {num_layers} layers (valid 0..{num_layers - 1})"
+        )
+    if not any(x >= k for x in executed):
+        raise ValueError(f"token pruning: every layer from K={k} on is skipped; nothing would run pruned")
+    if k == 0 and cls(**pruning.params).score_queries is not None:
+        raise ValueError(
+            f"token pruning: {pruning.method!r} ranks tokens by the attention at layer K-1, so K must be >= 1"
+        )
+    score_layer = k - 1 if k > 0 else None
+    if score_layer is not None and score_layer in skipped:
+        raise ValueError(
+            f"token pruning: the scores are read at layer K-1={score_layer}, which is skipped; "
+            "choose another K or keep that layer"
+        )
+    action_layer = None
+    if cls.needs_action_attention:
+        action_layer = pruning.params.get("action_layer")
+        if action_layer is None:
+            action_layer = _middle_layer(num_layers)
+        if action_layer >= num_layers:
+            raise ValueError(f"token pruning: action_layer={action_layer} is beyond the model's {num_layers} layers")
+        if action_layer in skipped:
+            raise ValueError(f"token pruning: action_layer={action_layer} is skipped; choose a kept layer")
+    return k, score_layer, action_layer
+
+
+def load_accel_config(name: str, **overrides: Any) -> AccelConfig:
+    """The packaged preset ``conf/accel/<name>.yaml`` with flat overrides, e.g.
+    ``load_accel_config("vla_pruner", keep_ratio=0.25)``. Unknown presets list the valid ones."""
+    import difflib
+    from importlib.resources import files
+
+    presets = sorted(p.name[: -len(".yaml")] for p in (files("vla_accel.conf") / "accel").iterdir()
+                     if p.name.endswith(".yaml"))  # fmt: skip
+    if name not in presets:
+        close = difflib.get_close_matches(name, presets, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown accel preset {name!r}.{hint} Valid: {presets}")
+    from omegaconf import OmegaConf
+
+    d = OmegaConf.to_container(OmegaConf.load(str(files("vla_accel.conf") / "accel" / f"{name}.yaml")))
+    if "keep_tokens" in overrides and "keep_ratio" not in overrides:
+        d["keep_ratio"] = None  # an absolute budget replaces the preset's ratio
+    d.update(overrides)
+    return AccelConfig.from_dict(d)

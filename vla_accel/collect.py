@@ -71,6 +71,7 @@ class TaskTally:
     suite: str
     task_id: int
     name: str
+    instruction: str
     outcomes: list[bool] = field(default_factory=list)
     kept_lengths: list[int] = field(default_factory=list)
 
@@ -106,7 +107,7 @@ def collect_suite(cfg: DictConfig, suite: str, out: Path, command: str) -> list[
                    disable=not ccfg.progress, dynamic_ncols=True)
         try:
             for task in tasks:
-                tally = TaskTally(suite, task.task_id, task.name)
+                tally = TaskTally(suite, task.task_id, task.name, task.instruction)
                 tallies.append(tally)
                 env = envs.make_env(suite, task.task_id, **kwargs)
                 try:
@@ -142,13 +143,13 @@ def collect_suite(cfg: DictConfig, suite: str, out: Path, command: str) -> list[
 
 def summary_table(tallies: list[TaskTally], title: str) -> Table:
     table = Table(title=title)
-    for col, justify in (("suite", "left"), ("task", "right"), ("name", "left"), ("expert", "right"),
+    for col, justify in (("suite", "left"), ("task", "right"), ("instruction", "left"), ("expert", "right"),
                          ("success % [95% CI]", "right"), ("kept", "right"), ("mean T", "right")):
-        table.add_column(col, justify=justify, no_wrap=col != "name", overflow="fold")
+        table.add_column(col, justify=justify, no_wrap=col != "instruction")
     for t in tallies:
         n_ok = sum(t.outcomes)
         mean_len = f"{np.mean(t.kept_lengths):.1f}" if t.kept_lengths else "-"
-        table.add_row(t.suite, str(t.task_id), t.name, f"{n_ok}/{len(t.outcomes)}",
+        table.add_row(t.suite, str(t.task_id), t.instruction, f"{n_ok}/{len(t.outcomes)}",
                       format_rate(success_metrics(n_ok, len(t.outcomes))), str(len(t.kept_lengths)),
                       mean_len)
     return table

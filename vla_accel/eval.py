@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -16,7 +17,8 @@ from tqdm import tqdm
 
 from vla_accel import envs
 from vla_accel.policies import make_policy, policy_spec
-from vla_accel.results import EpisodeLog, build_eval_info, print_results, write_json_atomic
+from vla_accel.results import (EpisodeLog, build_eval_info, print_results, read_episode_log,
+                               write_json_atomic)
 from vla_accel.rollout import run_episode
 from vla_accel.task_selection import env_kwargs, resolve_suites, resolve_tasks
 from vla_accel.video import write_mp4
@@ -35,54 +37,127 @@ def _check_eval_cfg(ecfg) -> None:
         raise ValueError("eval.max_videos and eval.videos_per_task must be >= 0")
 
 
+@dataclass(frozen=True)
+class PlannedEpisode:
+    """One episode of the run, fixed before anything runs (so a resumed run re-plans the same)."""
+
+    episode_ix: int
+    suite: str
+    task: object  # TaskInfo
+    init_state_id: int
+    seed: int
+    film: bool
+
+    def matches(self, record: dict) -> bool:
+        return (record.get("suite"), record.get("task_id"), record.get("init_state_id"),
+                record.get("seed")) == (self.suite, self.task.task_id, self.init_state_id, self.seed)
+
+
+def plan_episodes(cfg: DictConfig) -> list[list[PlannedEpisode]]:
+    """Episodes grouped by task, numbered in run order. Episode i of every task starts from init
+    state i % n_init_states with seed eval.seed + i; the first videos_per_task episodes of each task
+    are filmed, up to max_videos in the whole run."""
+    ecfg = cfg.eval
+    groups, ix, n_films = [], 0, 0
+    for suite in resolve_suites(cfg.env.suite):
+        for task in resolve_tasks(suite, cfg.env.task_ids):
+            group = []
+            for i in range(ecfg.n_episodes):
+                film = bool(ecfg.videos) and i < ecfg.videos_per_task and n_films < ecfg.max_videos
+                n_films += film
+                group.append(PlannedEpisode(ix, suite, task, i % ecfg.n_init_states,
+                                            int(ecfg.seed) + i, film))
+                ix += 1
+            groups.append(group)
+    return groups
+
+
+def _finished_episodes(log_path: Path, plan: list[list[PlannedEpisode]]) -> dict[int, dict]:
+    """Episodes a previous (killed) run of the same plan finished, by episode_ix."""
+    if not log_path.exists():
+        return {}
+    by_ix = {ep.episode_ix: ep for group in plan for ep in group}
+    done = {}
+    for record in read_episode_log(log_path):
+        ep = by_ix.get(record.get("episode_ix"))
+        if ep is None or not ep.matches(record):
+            raise ValueError(f"{log_path} holds episodes of another run configuration (episode "
+                             f"{record.get('episode_ix')}); resume only with the same env/eval settings")
+        done[ep.episode_ix] = record
+    return done
+
+
+def accel_config(cfg: DictConfig):
+    """The `accel` group as an AccelConfig, or None when the group is absent or every part is off
+    (imported lazily: the accelerator pulls in torch, which the expert does not need)."""
+    if cfg.get("accel") is None or cfg.accel.get("name") == "none":
+        return None  # skip the torch import a parse would cost (~2 s) for the plain preset
+    from vla_accel.accel_config import AccelConfig
+
+    config = AccelConfig.from_dict(OmegaConf.to_container(cfg.accel, resolve=True))
+    return None if config.is_off else config
+
+
 def evaluate(cfg: DictConfig, output_dir: str | Path, console: Console | None = None) -> dict:
-    """Run the evaluation that `cfg` (the composed `eval` app config) describes; return eval_info."""
+    """Run the evaluation that `cfg` (the composed `eval` app config) describes; return eval_info.
+
+    With eval.resume=true, episodes already in output_dir/eval_episodes.jsonl are kept, not re-run.
+    """
     console = console or Console()
     ecfg = cfg.eval
     _check_eval_cfg(ecfg)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     spec = policy_spec(cfg.policy)  # fail on an unknown policy type before building any env
-    plan = [(suite, task) for suite in resolve_suites(cfg.env.suite)
-            for task in resolve_tasks(suite, cfg.env.task_ids)]
+    accel = accel_config(cfg)  # ... and on a bad accel config
+    plan = plan_episodes(cfg)
     fps = ecfg.fps or cfg.env.control_hz
+    log_path = output_dir / EPISODE_LOG
+    done = _finished_episodes(log_path, plan) if ecfg.get("resume", False) else {}
+    if not done:
+        log_path.unlink(missing_ok=True)  # a fresh run in a used directory starts a fresh log
+    else:
+        console.print(f"resuming: {len(done)} finished episodes read from {log_path}")
 
-    per_episode: list[dict] = []
-    video_paths: list[str] = []
+    def video_path(ep: PlannedEpisode) -> Path:
+        return output_dir / "videos" / f"eval_episode_{ep.episode_ix}.mp4"
+
+    records: dict[int, dict] = dict(done)
     policy = None
     start = time.perf_counter()
-    bar = tqdm(total=len(plan) * ecfg.n_episodes, desc="eval", unit="ep", disable=not ecfg.progress,
+    n_total = sum(len(g) for g in plan)
+    bar = tqdm(total=n_total, initial=len(done), desc="eval", unit="ep", disable=not ecfg.progress,
                dynamic_ncols=True)
-    with EpisodeLog(output_dir / EPISODE_LOG) as log:
+    with EpisodeLog(log_path) as log:
         try:
-            for suite, task in plan:
+            for group in plan:
+                todo = [ep for ep in group if ep.episode_ix not in done]
+                if not todo:
+                    continue
+                suite, task = group[0].suite, group[0].task
                 env = envs.make_env(suite, task.task_id, **env_kwargs(cfg.env))
                 try:
                     if policy is None or spec.bound_to_env:
                         policy = make_policy(cfg.policy, env)
-                    videos_this_task = 0
-                    for i in range(ecfg.n_episodes):
-                        film = (ecfg.videos and videos_this_task < ecfg.videos_per_task
-                                and len(video_paths) < ecfg.max_videos)
-                        seed = int(ecfg.seed) + i
-                        init_state_id = i % ecfg.n_init_states
-                        rec = run_episode(env, policy, init_state_id=init_state_id, seed=seed,
-                                          max_steps=ecfg.max_steps, record_video=film)
-                        episode_ix = len(per_episode)
-                        if film:
-                            path = output_dir / "videos" / f"eval_episode_{episode_ix}.mp4"
-                            video_paths.append(str(write_mp4(path, rec.frames, fps)))
-                            videos_this_task += 1
+                        if accel is not None:
+                            from vla_accel.accelerate import accelerate
+
+                            policy = accelerate(policy, accel)
+                    for ep in todo:
+                        rec = run_episode(env, policy, init_state_id=ep.init_state_id, seed=ep.seed,
+                                          max_steps=ecfg.max_steps, record_video=ep.film)
+                        if ep.film:
+                            write_mp4(video_path(ep), rec.frames, fps)
                         record = {
-                            "episode_ix": episode_ix, "suite": suite, "task_id": task.task_id,
-                            "task": task.name, "init_state_id": init_state_id, "seed": seed,
+                            "episode_ix": ep.episode_ix, "suite": suite, "task_id": task.task_id,
+                            "task": task.name, "init_state_id": ep.init_state_id, "seed": ep.seed,
                             "success": rec.success, "sum_reward": rec.sum_reward,
                             "max_reward": rec.max_reward, "n_steps": rec.n_steps,
                         }
                         log.append(record)
-                        per_episode.append(record)
-                        n_success = sum(e["success"] for e in per_episode)
-                        bar.set_postfix_str(f"{suite}/{task.task_id} success {n_success}/{len(per_episode)}")
+                        records[ep.episode_ix] = record
+                        n_success = sum(r["success"] for r in records.values())
+                        bar.set_postfix_str(f"{suite}/{task.task_id} success {n_success}/{len(records)}")
                         bar.update(1)
                 finally:
                     env.close()
@@ -90,10 +165,13 @@ def evaluate(cfg: DictConfig, output_dir: str | Path, console: Console | None = 
             bar.close()
     eval_s = time.perf_counter() - start
 
-    tasks = [{"suite": s, "task_id": t.task_id, "task": t.name, "instruction": t.instruction}
-             for s, t in plan]
+    per_episode = [records[ix] for ix in sorted(records)]
+    tasks = [{"suite": g[0].suite, "task_id": g[0].task.task_id, "task": g[0].task.name,
+              "instruction": g[0].task.instruction} for g in plan]
+    video_paths = [str(video_path(ep)) for g in plan for ep in g if ep.film and video_path(ep).exists()]
     info = build_eval_info(per_episode, tasks, eval_s=eval_s, video_paths=video_paths,
-                           config=OmegaConf.to_container(cfg, resolve=True))
+                           config=OmegaConf.to_container(cfg, resolve=True),
+                           n_timed=len(records) - len(done))
     write_json_atomic(output_dir / EVAL_INFO, info)
     print_results(info, console, title=f"eval: policy={cfg.policy.type}")
     console.print(f"results: {output_dir / EVAL_INFO}")
@@ -110,5 +188,6 @@ def run(cfg: DictConfig) -> None:
         evaluate(cfg, output_dir, console)
     except KeyboardInterrupt:
         Console(stderr=True).print(
-            f"[red]interrupted[/red]: finished episodes are kept in {output_dir / EPISODE_LOG}")
+            f"[red]interrupted[/red]: finished episodes are kept in {output_dir / EPISODE_LOG}; "
+            f"finish the run with the same overrides plus hydra.run.dir={output_dir} eval.resume=true")
         sys.exit(130)

@@ -56,10 +56,11 @@ def read_episode_log(path: str | Path) -> list[dict]:
 
 
 def build_eval_info(per_episode: list[dict], tasks: list[dict], *, eval_s: float,
-                    video_paths: list[str], config: dict) -> dict:
+                    video_paths: list[str], config: dict, n_timed: int | None = None) -> dict:
     """Aggregate episode records into per_task / per_group / overall (interfaces.md's shape).
 
     tasks: one {"suite", "task_id", "task", "instruction"} per evaluated task, in run order.
+    n_timed: how many of the episodes ran within eval_s (a resumed run did not re-run all); default all.
     """
     if not per_episode:
         raise ValueError("no finished episodes to summarise")
@@ -83,7 +84,7 @@ def build_eval_info(per_episode: list[dict], tasks: list[dict], *, eval_s: float
     overall = success_metrics(sum(all_outcomes), len(all_outcomes))
     overall.update({
         "eval_s": float(eval_s),
-        "eval_ep_s": float(eval_s) / len(per_episode),
+        "eval_ep_s": float(eval_s) / max(1, len(per_episode) if n_timed is None else n_timed),
         "video_paths": list(video_paths),
     })
     return {"per_episode": per_episode, "per_task": per_task, "per_group": per_group,
@@ -109,12 +110,12 @@ def results_table(info: dict, title: str = "Evaluation") -> Table:
     table = Table(title=title)
     table.add_column("suite")
     table.add_column("task", justify="right")
-    table.add_column("name", overflow="fold")
+    table.add_column("instruction")
     table.add_column("success", justify="right")
     table.add_column("success % [95% CI]", justify="right")
     for t in info["per_task"]:
         m = t["metrics"]
-        table.add_row(t["task_group"], str(t["task_id"]), t["task"],
+        table.add_row(t["task_group"], str(t["task_id"]), t["instruction"],
                       f"{m['n_success']}/{m['n_episodes']}", format_rate(m))
     table.add_section()
     for suite, m in info["per_group"].items():

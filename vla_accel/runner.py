@@ -18,6 +18,9 @@ action attention
     ``action_layer``: the last prefill query (OpenVLA's first action token / CogACT's cognition token)
     and every decoded query of the step; their mean, as a (B, M) map with pruned tokens at 0, is handed
     to the method at ``end_step()``.
+token reuse (VLA-Cache)
+    the static, task-irrelevant visual tokens are not run at all: only the other tokens are queries, and
+    every layer's keys/values for the reused ones are copied from the previous step (``ReuseCache``).
 
 With everything off it performs exactly transformers' own operations (same mask builder, same layer
 calls, same final norm and head), so its outputs equal HFRunner's bit for bit.
@@ -37,6 +40,7 @@ from vla_accel.policies.common.prompt import positions_from_mask
 from vla_accel.policies.llm_runner import PrefillResult
 from vla_accel.pruning import PruningMethod, SelectionContext, build_method
 from vla_accel.query_attention import query_attention
+from vla_accel.token_reuse import ReuseCache, computed_token_index, reusable_tokens
 
 
 @dataclass
@@ -71,7 +75,20 @@ class StepStats:
     num_tokens_after_pruning: int = 0  # T - M + M~ (== T when not pruned)
     pruned: bool = False
     kept_visual: Tensor | None = None  # (B, M~) long, kept visual indices, when pruned
+    num_reused: int = 0  # VLA-Cache: visual tokens per row whose K/V came from the previous step
     attention_probes: list[tuple[str, int, int]] = field(default_factory=list)  # (phase, layer, n_queries)
+
+
+@dataclass
+class _ReuseState:
+    """VLA-Cache's memory of the previous step (per batch row along dim 0)."""
+
+    patches: Tensor  # (B, M, P) pixel patches
+    relevance: Tensor  # (B, M) text -> vision attention at the relevance layer
+    keys: list[Tensor | None]  # per layer (B, H_kv, T, hd) prompt keys (None: skipped layer)
+    values: list[Tensor | None]
+    attention_mask: Tensor  # (B, T) the prompt layout these entries belong to
+    visual_start: Tensor  # (B,)
 
 
 class AcceleratedRunner:
@@ -83,6 +100,8 @@ class AcceleratedRunner:
         self.method: PruningMethod | None = build_method(pruning.method, **pruning.params) if pruning else None
         self._plans: dict[int, LayerPlan] = {}
         self._step_action_attention: list[Tensor] = []  # (B, M) per action query of the current step
+        self._frame: Tensor | None = None  # VLA-Cache: this step's pixel patches (B, M, P)
+        self._reuse_state: _ReuseState | None = None
         self.stats = StepStats()
 
     # ----------------------------------------------------------------------------------- episode state
@@ -90,12 +109,19 @@ class AcceleratedRunner:
         if self.method is not None:
             self.method.reset()
         self._step_action_attention = []
+        self._frame = None
+        self._reuse_state = None
 
     def end_step(self) -> None:
         if self.method is not None and self.method.needs_action_attention and self._step_action_attention:
             action = torch.stack(self._step_action_attention).mean(0)  # (B, M)
             self.method.observe_step(action, action.shape[-1])
         self._step_action_attention = []
+
+    def observe_frame(self, patches: Tensor) -> None:
+        """VLA-Cache: this control step's pixel patches (B, M, P), in the visual tokens' order
+        (``vla_accel.token_reuse.pixel_patches``); ``accelerate()`` calls it from the policy's image encoder."""
+        self._frame = patches.detach()
 
     def plan(self, llm: LlamaForCausalLM) -> LayerPlan:
         """The config bound to this model's layer count (validated once per layer count)."""
@@ -127,17 +153,32 @@ class AcceleratedRunner:
         device = inputs_embeds.device
         layers, rotary = llm.model.layers, llm.model.rotary_emb
 
-        kv = DynamicCache(config=llm.config)
         x, mask2d = inputs_embeds, attention_mask
         pos = positions_from_mask(attention_mask)  # (B, T)
-        token_index = torch.arange(T, device=device).expand(B, T)
+        token_index = torch.arange(T, device=device).expand(B, T)  # prompt index of each row of x
         visual_idx = visual_start[:, None] + torch.arange(num_visual, device=device)  # (B, M)
         visual_embeds = inputs_embeds.gather(1, visual_idx[..., None].expand(-1, -1, D))  # (B, M, D)
         groups: list[LayerGroup] = []
         group_of_layer: dict[int, int] = {}
         scores: Tensor | None = None  # (B, M) visual attention from the score layer
+        relevance: Tensor | None = None  # (B, M) VLA-Cache's text -> vision attention
+
+        computed = self._reuse_plan(attention_mask, visual_start, num_visual, T) if self.config.reuse else None
+        if computed is not None:  # VLA-Cache: only the computed tokens run as queries
+            st = self._reuse_state
+            kv = ReuseCache(llm.config, st.keys, st.values, computed)
+            x = x.gather(1, computed[..., None].expand(-1, -1, D))  # (B, Q, D)
+            pos, token_index = pos.gather(1, computed), computed
+            self.stats.num_reused = T - computed.shape[1]
+        else:
+            kv = DynamicCache(config=llm.config)
 
         def open_group(first_layer: int) -> tuple[Tensor | None, tuple[Tensor, Tensor]]:
+            if computed is not None:  # reuse: the cache holds the whole prompt, the queries are computed rows
+                groups.append(LayerGroup(first_layer, mask2d, torch.arange(T, device=device).expand(B, T)))
+                keys_idx = torch.arange(T, device=device)
+                causal = (keys_idx[None, None, :] <= computed[..., None]) & mask2d.bool()[:, None, :]  # (B, Q, T)
+                return causal[:, None], rotary(x, pos)
             groups.append(LayerGroup(first_layer, mask2d, token_index))
             causal = create_causal_mask(
                 config=llm.config, inputs_embeds=x, attention_mask=mask2d, past_key_values=kv,
@@ -169,8 +210,12 @@ class AcceleratedRunner:
                 past_key_values=kv, use_cache=True,
             )  # fmt: skip
             if prune and i == plan.score_layer and method.score_queries is not None:
-                scores = self._prompt_scores(
-                    llm, i, h_in, pos, kv, mask2d, text_mask, method.score_queries, visual_idx
+                chosen = _chosen_queries(method.score_queries, mask2d, text_mask)
+                scores = self._prompt_scores(llm, i, h_in, pos, token_index, chosen, kv, mask2d, visual_idx)
+            if i == plan.relevance_layer:
+                chosen = text_mask.bool().gather(1, token_index) & attention_mask.bool().gather(1, token_index)
+                relevance = self._prompt_scores(
+                    llm, i, h_in, pos, token_index, chosen, kv, attention_mask, visual_idx
                 )
             if capture and i == plan.action_layer:
                 self._capture(llm, i, h_in[:, -1:], pos[:, -1:], kv, mask2d[:, None, :], groups[-1],
@@ -178,6 +223,8 @@ class AcceleratedRunner:
 
         hidden = llm.model.norm(x)[:, -1]  # (B, D): HF norms every position; -1 is each row's last token
         logits = llm.lm_head(hidden)  # (B, V)
+        if self.config.reuse is not None:
+            self._remember_for_reuse(kv, relevance, attention_mask, visual_start)
         cache = AcceleratedCache(kv, groups, group_of_layer, visual_start, num_visual, capture)
         return PrefillResult(logits=logits, hidden=hidden, cache=cache, next_position=pos[:, -1] + 1)
 
@@ -212,30 +259,58 @@ class AcceleratedRunner:
         hidden = llm.model.norm(x)[:, -1]
         return llm.lm_head(hidden), hidden
 
+    # ----------------------------------------------------------------------------------- VLA-Cache reuse
+    def _reuse_plan(self, attention_mask, visual_start, num_visual, T) -> Tensor | None:
+        """(B, Q) prompt positions to compute this step, or None to compute everything."""
+        if self._frame is None:
+            raise ValueError(
+                "vla_cache needs this step's frame: call runner.observe_frame(pixel_patches) before prefill "
+                "(accelerate() does it from the policy's image encoder)"
+            )
+        frame, self._frame = self._frame.to(attention_mask.device), None
+        st = self._reuse_state
+        self._current_patches = frame
+        if frame.shape[:2] != (attention_mask.shape[0], num_visual):
+            raise ValueError(f"observed frame patches {tuple(frame.shape)} do not match (B, M) = "
+                             f"({attention_mask.shape[0]}, {num_visual})")  # fmt: skip
+        same_layout = (
+            st is not None and st.attention_mask.shape == attention_mask.shape
+            and torch.equal(st.attention_mask, attention_mask) and torch.equal(st.visual_start, visual_start)
+            and st.patches.shape == frame.shape
+        )  # fmt: skip
+        if not same_layout:
+            return None  # first step of an episode, or a new prompt: nothing to reuse
+        reusable = reusable_tokens(self.config.reuse, frame, st.patches, st.relevance)
+        if int(reusable.sum(-1).min()) == 0:
+            return None
+        sim = torch.nn.functional.cosine_similarity(frame.float(), st.patches.float(), dim=-1)
+        return computed_token_index(reusable, sim, visual_start, T)
+
+    def _remember_for_reuse(self, kv, relevance, attention_mask, visual_start) -> None:
+        layers = kv.layers
+        keys = [layer.keys if layer.is_initialized else None for layer in layers]
+        values = [layer.values if layer.is_initialized else None for layer in layers]
+        self._reuse_state = _ReuseState(self._current_patches, relevance, keys, values,
+                                        attention_mask.clone(), visual_start.clone())  # fmt: skip
+
     # -------------------------------------------------------------------------------- attention probes
-    def _prompt_scores(self, llm, layer_idx, h_in, pos, kv, mask2d, text_mask, which, visual_idx) -> Tensor:
-        """(B, M): mean over the chosen prompt queries of their head-averaged attention to each visual token."""
-        B, T, _ = h_in.shape
-        real = mask2d.bool()
-        if which == "last":
-            chosen = torch.zeros_like(real)
-            chosen[:, -1] = True
-        elif which == "text":
-            chosen = text_mask.bool() & real
-        elif which == "all":
-            chosen = real
-        else:
-            raise ValueError(f"score_queries must be one of ['last', 'text', 'all'], got {which!r}")
+    def _prompt_scores(self, llm, layer_idx, h_in, q_pos, q_index, chosen, kv, key_mask, visual_idx) -> Tensor:
+        """(B, M): mean over the chosen queries of their head-averaged attention to each visual token.
+
+        h_in (B, S, D) the layer's input rows, q_pos / q_index (B, S) their RoPE positions and prompt
+        indices, chosen (B, S) bool; the layer's cached keys cover the whole prompt, key_mask (B, T)."""
         n_q = int(chosen.sum(-1).max())
         if n_q == 0:
-            raise ValueError(f"no {which!r} query tokens in the prompt to score the visual tokens by")
-        q_idx = torch.argsort((~chosen).to(torch.int8), dim=1, stable=True)[:, :n_q]  # (B, Q) chosen first
-        q_w = chosen.gather(1, q_idx).float()  # (B, Q) 1 for a real chosen query, 0 for row padding
-        h_q = h_in.gather(1, q_idx[..., None].expand(-1, -1, h_in.shape[-1]))
-        keys_pos = torch.arange(T, device=h_in.device)
-        allowed = (keys_pos[None, None, :] <= q_idx[..., None]) & real[:, None, :]  # (B, Q, T) causal+padding
-        probs = query_attention(llm.model.layers[layer_idx], llm.model.rotary_emb, h_q, pos.gather(1, q_idx),
-                                kv.layers[layer_idx].keys, allowed)  # fmt: skip
+            raise ValueError("no query tokens of the requested kind in the prompt to score the visual tokens by")
+        rows = torch.argsort((~chosen).to(torch.int8), dim=1, stable=True)[:, :n_q]  # (B, Q) chosen first
+        q_w = chosen.gather(1, rows).float()  # (B, Q) 1 for a real chosen query, 0 for row padding
+        h_q = h_in.gather(1, rows[..., None].expand(-1, -1, h_in.shape[-1]))
+        keys = kv.layers[layer_idx].keys  # (B, H_kv, T, hd)
+        key_pos = torch.arange(keys.shape[2], device=h_in.device)
+        q_idx = q_index.gather(1, rows)
+        allowed = (key_pos[None, None, :] <= q_idx[..., None]) & key_mask.bool()[:, None, :]  # causal + padding
+        probs = query_attention(llm.model.layers[layer_idx], llm.model.rotary_emb, h_q, q_pos.gather(1, rows),
+                                keys, allowed)  # fmt: skip
         self.stats.attention_probes.append(("prefill", layer_idx, n_q))
         to_visual = probs.gather(2, visual_idx[:, None, :].expand(-1, n_q, -1))  # (B, Q, M)
         return (to_visual * q_w[..., None]).sum(1) / q_w.sum(1, keepdim=True).clamp_min(1.0)
@@ -251,6 +326,20 @@ class AcceleratedRunner:
         out = probs.new_zeros(probs.shape[0], num_visual)
         out.scatter_add_(1, m.clamp(0, num_visual - 1), probs[:, :n_prompt] * is_visual)
         self._step_action_attention.append(out)
+
+
+def _chosen_queries(which: str, mask2d: Tensor, text_mask: Tensor) -> Tensor:
+    """(B, S) bool: the score queries among the current rows (before any pruning, so S = T)."""
+    real = mask2d.bool()
+    if which == "last":
+        chosen = torch.zeros_like(real)
+        chosen[:, -1] = True
+        return chosen
+    if which == "text":
+        return text_mask.bool() & real
+    if which == "all":
+        return real
+    raise ValueError(f"score_queries must be one of ['last', 'text', 'all'], got {which!r}")
 
 
 # ---------------------------------------------------------------------------------------- helpers

@@ -47,6 +47,10 @@ POS_SCALE = 0.02  # metres per control step at |action| = 1
 ROT_SCALE = 0.1  # radians per control step at |action| = 1
 MAX_TARGET_LEAD = 0.04  # metres the commanded target may lead the actual end-effector
 HOME_JITTER = 0.01  # metres: the gripper's start position varies this much between init states
+# Bounds of `state`: the workspace box with a margin (contacts can push the gripper a little off its
+# target), axis-angle components in [-pi, pi], finger positions in their joint range with a margin.
+STATE_LOW = np.concatenate([WORKSPACE_LOW - 0.1, [-np.pi] * 3, [-0.01] * 2]).astype(np.float32)
+STATE_HIGH = np.concatenate([WORKSPACE_HIGH + 0.1, [np.pi] * 3, [FINGER_OPEN + 0.01] * 2]).astype(np.float32)
 INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " .,;:'-_()/"
 
 
@@ -94,7 +98,7 @@ class TabletopEnv(gym.Env):
             {
                 "agentview_image": spaces.Box(0, 255, hw, np.uint8),
                 "wrist_image": spaces.Box(0, 255, hw, np.uint8),
-                "state": spaces.Box(-np.inf, np.inf, (8,), np.float32),
+                "state": spaces.Box(STATE_LOW, STATE_HIGH, (8,), np.float32),
                 "instruction": spaces.Text(max_length=256, min_length=1, charset=INSTRUCTION_CHARSET),
             }
         )

@@ -25,6 +25,7 @@ from vla_accel.envs.tabletop.scene import FINGER_OPEN, WORKSPACE_HIGH, WORKSPACE
 from vla_accel.envs.tabletop.sim import SimView
 
 POS_GAIN = 0.8  # fraction of the position error commanded per step (before saturation)
+MAX_SPEED = 0.7  # saturation of the translation command (0.7 = 1.4 cm per step): smooth, not hasty
 CARRY_BOTTOM = 0.11  # m: object bottom height while carried (clears bowl/basket rims and cubes)
 HOVER_ABOVE = 0.05  # m: eef height above an object's top before descending on it
 RELEASE_DROP = 0.012  # m: object bottom above its resting surface when the fingers open
@@ -58,7 +59,7 @@ class _Skill:
         raise NotImplementedError
 
     # -- motion primitive ---------------------------------------------------------------------------
-    def move(self, target: np.ndarray, yaw: float, grip: float, speed: float = 1.0) -> np.ndarray:
+    def move(self, target: np.ndarray, yaw: float, grip: float, speed: float = MAX_SPEED) -> np.ndarray:
         """(7,) action driving the eef towards `target` (world, m) at gripper yaw `yaw`, roll/pitch 0."""
         from vla_accel.envs.tabletop.env import POS_SCALE, ROT_SCALE
 
@@ -87,10 +88,12 @@ class PickPlace(_Skill):
     def reset(self) -> None:
         self.mode = "approach"  # approach -> closing -> carry -> released (-> approach on failure)
         self.steps_in_mode = 0
+        self.spot: tuple[float, float] | None = None  # drop spot in the container's frame
         self.release_z = 0.0
 
     def _set(self, mode: str) -> None:
         self.mode, self.steps_in_mode = mode, 0
+        self.spot = None  # a new carry chooses its drop spot afresh
 
     # Destination: (xy of the object's centre, height of the surface it will rest on).
     def destination(self) -> tuple[np.ndarray, float]:
@@ -99,7 +102,7 @@ class PickPlace(_Skill):
             spec = s.specs[g.container]
             assert isinstance(spec, Container)
             c = s.pos(g.container)
-            return c[:2], c[2] + spec.floor_top
+            return self._free_spot(g.container, spec), c[2] + spec.floor_top
         if isinstance(g, PlaceOn):
             spec = s.specs[g.support]
             assert isinstance(spec, Plate)
@@ -109,6 +112,35 @@ class PickPlace(_Skill):
             c = s.pos(g.base)
             return c[:2], c[2] + s.specs[g.base].half_height
         raise TypeError(f"PickPlace cannot do {type(g).__name__}")
+
+    def _free_spot(self, container: str, spec: Container) -> np.ndarray:
+        """(2,) where in the container to drop: its centre, or, if other objects already lie in it, the
+        one of four off-centre spots (container frame) farthest from them. The spot is chosen once per
+        carry (ties between spots must not make the target flip) and re-expressed from the container's
+        current pose every step."""
+        s = self.sim
+        c, yaw = s.pos(container), s.yaw(container)
+        cs, sn = math.cos(yaw), math.sin(yaw)
+        if self.spot is None:
+            inside = [
+                s.pos(n)[:2]
+                for n, o in s.specs.items()
+                if o.graspable and n != self.obj and np.linalg.norm(s.pos(n)[:2] - c[:2]) < spec.inner
+                and s.pos(n)[2] < c[2] + spec.rim_height
+            ]
+            if not inside:
+                self.spot = (0.0, 0.0)
+            else:
+                r = spec.inner - 0.035  # keeps a 3.5 cm half-width object clear of the wall
+                offsets = [(r, 0.0), (-r, 0.0), (0.0, r), (0.0, -r)]
+
+                def clearance(o: tuple[float, float]) -> float:
+                    p = c[:2] + np.array([cs * o[0] - sn * o[1], sn * o[0] + cs * o[1]])
+                    return min(float(np.linalg.norm(p - q)) for q in inside)
+
+                self.spot = max(offsets, key=clearance)
+        dx, dy = self.spot
+        return c[:2] + np.array([cs * dx - sn * dy, sn * dx + cs * dy])
 
     def act(self) -> np.ndarray:
         self.steps_in_mode += 1

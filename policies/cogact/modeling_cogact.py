@@ -99,17 +99,20 @@ class CogACTPolicy(VLMBase):
             noise = torch.randn(shape, generator=self._generator)
         elif tuple(noise.shape) != shape:
             raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
-        x = noise.to(device=cognition.device, dtype=self.action_model.x_embedder.weight.dtype)
-        cond = cognition.to(x.dtype)
+        # The DDIM arithmetic stays in float32 (1 - alpha_bar near t = 0 underflows in bfloat16);
+        # only the DiT runs in the model's dtype.
+        model_dtype = self.action_model.x_embedder.weight.dtype
+        x = noise.to(device=cognition.device, dtype=torch.float32)
+        cond = cognition.to(model_dtype)
         guided = cfg.cfg_scale > 1.0
         if guided:  # one batched pass: [conditional; null condition]
-            cond = torch.cat([cond, self.action_model.null_condition.expand(b, -1).to(x.dtype)], dim=0)
+            cond = torch.cat([cond, self.action_model.null_condition.expand(b, -1).to(model_dtype)], dim=0)
         steps = self.diffusion.timesteps(cfg.ddim_steps)
         for i, t in enumerate(steps):
             t_prev = steps[i + 1] if i + 1 < len(steps) else -1
-            x_in = torch.cat([x, x], dim=0) if guided else x
+            x_in = (torch.cat([x, x], dim=0) if guided else x).to(model_dtype)
             t_in = torch.full((x_in.shape[0],), t, device=x.device, dtype=torch.long)
-            eps = self.action_model(x_in, t_in, cond)
+            eps = self.action_model(x_in, t_in, cond).float()
             if guided:
                 eps_cond, eps_null = eps.chunk(2, dim=0)
                 eps = eps_null + cfg.cfg_scale * (eps_cond - eps_null)
@@ -126,15 +129,16 @@ class CogACTPolicy(VLMBase):
         else:
             cognition = self.training_cognition(inputs)
         r = self.config.repeated_diffusion_steps
-        x0 = actions.to(cognition.device, cognition.dtype).repeat(r, 1, 1)  # (r * B, H, A)
+        x0 = actions.to(cognition.device, torch.float32).repeat(r, 1, 1)  # (r * B, H, A)
         cond = cognition.repeat(r, 1)
         n = x0.shape[0]
         t = torch.randint(0, self.config.diffusion_steps, (n,), generator=generator).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0)
         drop = torch.rand(n, generator=generator).to(x0.device) < self.config.cond_drop_prob
         cond = torch.where(drop[:, None], self.action_model.null_condition.to(cond.dtype), cond)
-        eps = self.action_model(self.diffusion.add_noise(x0, noise, t), t, cond)
-        return F.mse_loss(eps.float(), noise.float())
+        x_t = self.diffusion.add_noise(x0, noise, t).to(cond.dtype)  # noised in float32
+        eps = self.action_model(x_t, t, cond)
+        return F.mse_loss(eps.float(), noise)
 
     def training_cognition(self, inputs: ProcessedInputs) -> torch.Tensor:
         """The cognition feature by a plain (uncached, differentiable) forward: (B, D)."""

@@ -19,7 +19,7 @@ class ParsedObs:
 def as_uint8_image(image, name: str = "image") -> np.ndarray:
     """PIL image or array -> numpy uint8, no copy when it already is one."""
     if hasattr(image, "convert") and hasattr(image, "size"):  # PIL.Image
-        image = np.asarray(image.convert("RGB"))
+        image = np.array(image.convert("RGB"))  # a writable copy
     if hasattr(image, "detach"):  # torch tensor
         image = image.detach().cpu().numpy()
     image = np.asarray(image)

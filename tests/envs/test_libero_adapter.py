@@ -278,3 +278,19 @@ def test_smoke_real_libero():
         assert len(list_tasks("libero_spatial")) == 10
     finally:
         e.close()
+
+
+@pytest.mark.parametrize("suite", sorted(MAX_STEPS))
+def test_env_configs_match_the_tabletop_keys(suite):
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    from vla_accel.task_selection import env_kwargs
+
+    conf = files("vla_accel.conf") / "env"
+    cfg = OmegaConf.load(str(conf / f"{suite}.yaml"))
+    assert set(cfg) == set(OmegaConf.load(str(conf / "spatial.yaml")))
+    assert cfg.suite == suite and cfg.task_ids is None
+    e = LiberoEnv(cfg.suite, 0, libero=fake_libero(), **env_kwargs(cfg))
+    assert e._env.kwargs["control_freq"] == 20 and e.max_steps == MAX_STEPS[suite]

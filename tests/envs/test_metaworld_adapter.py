@@ -155,6 +155,43 @@ def test_upside_down_camera_list_matches_the_model(env):
         assert (up_z < 0) == (model.camera(cam).name in UPSIDE_DOWN_CAMERAS), model.camera(cam).name
 
 
+@pytest.mark.parametrize("camera", ["corner", "corner2"])
+def test_fixed_camera_frames_are_upright_and_not_mirrored(camera):
+    """Paint the gripper green, move it up and then to the viewer's right; its image must follow.
+
+    Upright: world up is image up. Not mirrored: the viewer's right, forward x up, is image right.
+    Only world geometry is used, so this checks the adapter's frame turning, not re-derives it.
+    """
+    e = MetaWorldEnv(REACH, image_size=128, agentview_camera=camera)  # no green objects in reach
+    try:
+        model, data = e._mw.model, e._mw.data
+        gripper = {model.body(b).id for b in ("right_l6", "right_hand", "hand", "rightclaw", "leftclaw", "rightpad", "leftpad")}
+        for g in range(model.ngeom):
+            if model.geom_bodyid[g] in gripper:
+                model.geom_matid[g], model.geom_rgba[g] = -1, (0, 1, 0, 1)
+
+        def gripper_pixel(frame):  # (row, col) centroid of the pure-green pixels
+            r, g, b = (frame[..., i].astype(int) for i in range(3))
+            green = (g > 80) & (g > 2 * r) & (g > 2 * b)
+            assert green.sum() > 10
+            return np.argwhere(green).mean(axis=0)
+
+        obs, _ = e.reset(options={"init_state_id": 0})
+        start = gripper_pixel(obs["agentview_image"])
+        up = _run(e, [np.array([0, 0, 1, 0, 0, 0, 0], np.float32)] * 15)
+        assert gripper_pixel(up["agentview_image"])[0] < start[0] - 3  # moved up the picture
+
+        forward = -data.cam_xmat[model.camera(camera).id].reshape(3, 3)[:, 2]
+        right = np.cross(forward, [0, 0, 1])[:2]
+        right /= np.linalg.norm(right)
+        action = np.zeros(7, np.float32)
+        action[:2] = right
+        moved = _run(e, [action] * 15)
+        assert gripper_pixel(moved["agentview_image"])[1] > start[1] + 3  # moved to the right
+    finally:
+        e.close()
+
+
 @pytest.mark.parametrize("camera", ["corner", "behindGripper"])
 def test_frames_are_upright_sky_above_table(camera):
     """Skybox off => empty space renders black. Upright, it fills the top rows, the table the bottom."""
@@ -170,7 +207,7 @@ def test_frames_are_upright_sky_above_table(camera):
 
 @pytest.mark.parametrize("task_id", [REACH, DRAWER_OPEN])
 def test_expert_solves_the_task(task_id):
-    e = make_env("metaworld", task_id, image_size=32)
+    e = make_env("metaworld", task_id, image_size=32, render_images=False)  # the expert reads the sim state
     expert = e.unwrapped.expert()
     try:
         for init_state_id in (0, 1):
@@ -182,6 +219,7 @@ def test_expert_solves_the_task(task_id):
                 obs, reward, terminated, truncated, info = e.step(action)
                 if terminated or truncated:
                     break
+            assert not obs["agentview_image"].any() and obs["wrist_image"].shape == (32, 32, 3)
             assert terminated and info["is_success"] and reward == 1.0, (task_id, init_state_id)
     finally:
         e.close()
@@ -194,3 +232,33 @@ def test_expert_success_on_all_mt10_tasks():
     for task_id, name in enumerate(MT10_TASKS):
         result = run_expert(task_id, range(5))
         assert result["n_success"] >= 4, result
+
+
+def test_env_config_matches_the_tabletop_keys_and_builds_the_native_rate_env():
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    from vla_accel.task_selection import env_kwargs
+
+    conf = files("vla_accel.conf") / "env"
+    cfg = OmegaConf.load(str(conf / "metaworld.yaml"))
+    assert set(cfg) == set(OmegaConf.load(str(conf / "spatial.yaml")))
+    assert cfg.suite == "metaworld" and cfg.task_ids is None
+    e = make_env(cfg.suite, 0, **env_kwargs(cfg))
+    try:
+        assert e.unwrapped._mw.frame_skip == 5 and e.unwrapped.control_hz == pytest.approx(80.0)
+    finally:
+        e.close()
+
+
+def test_other_control_rates_change_frame_skip_with_a_warning():
+    with pytest.warns(UserWarning, match="80 Hz"):
+        e = make_env("metaworld", REACH, image_size=IMAGE_SIZE, control_hz=20.0, render_images=False)
+    try:
+        assert e.unwrapped._mw.frame_skip == 20 and e.unwrapped.control_hz == pytest.approx(20.0)
+        assert e.metadata["render_fps"] == 20
+    finally:
+        e.close()
+    with pytest.raises(ValueError, match="control_hz"):
+        make_env("metaworld", REACH, control_hz=1000.0)

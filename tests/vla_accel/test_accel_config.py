@@ -19,6 +19,9 @@ def test_every_method_has_a_config_file_that_builds():
         assert d["name"] == path.stem
         if path.stem == "none":
             assert cfg.is_off
+        elif path.stem == "vla_cache":
+            assert cfg.pruning is None and cfg.reuse.static_threshold == 0.996 and cfg.reuse.max_static == 150
+            assert resolve_plan(cfg, 32).relevance_layer == 15
         else:
             assert cfg.pruning.method == d["method"] and cfg.layer_skip is None and cfg.head_cache is None
             resolve_plan(cfg, 32)  # binds to a Llama-2-7B-sized model
@@ -62,6 +65,10 @@ def test_bad_layer_skip_and_head_cache():
         HeadCacheConfig(interval=0)
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['keep_rato'\]"):
         AccelConfig.from_dict({"method": "fastv", "keep_rato": 0.5})
+    with pytest.raises(ValueError, match="cannot be combined"):
+        AccelConfig.from_dict({"method": "fastv", "keep_ratio": 0.5, "reuse": {}})
+    with pytest.raises(ValueError, match=r"unknown reuse key\(s\) \['threshold'\]"):
+        AccelConfig.from_dict({"reuse": {"threshold": 0.9}})
 
 
 def test_binding_to_a_model_checks_layer_indices():
@@ -84,5 +91,25 @@ def test_plan_defaults():
     plan = resolve_plan(AccelConfig(TokenPruningConfig("divprune", keep_ratio=0.5), LayerSkipConfig((30, 31))), 32)
     assert (plan.prune_layer, plan.score_layer, plan.action_layer) == (0, None, None)
     assert plan.executed == tuple(range(30))
-    cfg = AccelConfig.from_dict({"method": "fastv", "keep_ratio": 0.25, "skip_layers": [5, 9], "head_cache_interval": 5})
+    flat = {"method": "fastv", "keep_ratio": 0.25, "skip_layers": [5, 9], "head_cache_interval": 5}
+    cfg = AccelConfig.from_dict(flat)
     assert cfg.layer_skip.layers == (5, 9) and cfg.head_cache.interval == 5 and cfg.pruning.keep_ratio == 0.25
+
+
+def test_presets_compose_with_the_eval_app_and_sweep_overrides():
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="vla_accel.conf", version_base=None):
+        cfg = compose("eval", overrides=["accel=vla_pruner", "accel.keep_ratio=0.25", "accel.params.window=2"])
+    accel = AccelConfig.from_dict(OmegaConf.to_container(cfg.accel, resolve=True))
+    assert accel.pruning.method == "vla_pruner" and accel.pruning.budget(256) == 64
+    assert accel.pruning.params["window"] == 2
+
+
+def test_load_accel_config_presets():
+    from vla_accel.accel_config import load_accel_config
+
+    cfg = load_accel_config("efficientvla_tokens", keep_tokens=56)
+    assert cfg.pruning.budget(256) == 56 and cfg.pruning.keep_ratio is None
+    with pytest.raises(ValueError, match="Did you mean 'divprune'"):
+        load_accel_config("divprun")

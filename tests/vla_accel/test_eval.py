@@ -169,3 +169,40 @@ def test_a_killed_run_keeps_finished_episodes(fake_envs, tmp_path, monkeypatch):
 def test_bad_config_is_a_clear_value_error(fake_envs, tmp_path, override, match):
     with pytest.raises(ValueError, match=match):
         evaluate(_eval_cfg(override), tmp_path)
+
+
+def test_resume_keeps_finished_episodes_and_runs_the_rest(fake_envs, tmp_path, monkeypatch):
+    monkeypatch.setitem(POLICY_REGISTRY, "counting", PolicySpec(f"{__name__}:_builder"))
+    killed = _eval_cfg("eval.n_episodes=2", "policy.type=counting", f"+policy.interrupt_after={2 * MAX_STEPS + 3}")
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(killed, tmp_path)
+    # Finish with another policy: the two finished (failed) episodes must be kept, not re-run.
+    info = evaluate(_eval_cfg("eval.n_episodes=2", "eval.resume=true"), tmp_path)
+    eps = info["per_episode"]
+    assert [e["episode_ix"] for e in eps] == list(range(2 * N_TASKS))
+    assert [e["success"] for e in eps] == [False, False] + [True] * (2 * N_TASKS - 2)
+    assert len(read_episode_log(tmp_path / "eval_episodes.jsonl")) == 2 * N_TASKS
+    overall = info["overall"]  # the time per episode counts only the episodes this run ran
+    assert overall["eval_ep_s"] == pytest.approx(overall["eval_s"] / (2 * N_TASKS - 2))
+
+
+def test_resume_refuses_a_log_of_another_configuration(fake_envs, tmp_path):
+    evaluate(_eval_cfg("eval.n_episodes=1", "env.task_ids=[0]"), tmp_path)
+    with pytest.raises(ValueError, match="another run configuration"):
+        evaluate(_eval_cfg("eval.n_episodes=1", "env.task_ids=[1]", "eval.resume=true"), tmp_path)
+
+
+def test_a_fresh_run_in_a_used_directory_starts_a_fresh_log(fake_envs, tmp_path):
+    evaluate(_eval_cfg("eval.n_episodes=1"), tmp_path)
+    evaluate(_eval_cfg("eval.n_episodes=1"), tmp_path)
+    assert len(read_episode_log(tmp_path / "eval_episodes.jsonl")) == N_TASKS
+
+
+def test_accel_none_runs_the_plain_policy_and_a_real_accel_needs_a_vla(fake_envs, tmp_path):
+    from vla_accel.eval import accel_config
+
+    assert accel_config(_eval_cfg()) is None  # accel=none (or no accel group): nothing to apply
+    cfg = _eval_cfg("accel=fastv", "eval.n_episodes=1")
+    assert accel_config(cfg) is not None
+    with pytest.raises(ValueError, match="does not run its LLM through a runner"):
+        evaluate(cfg, tmp_path)  # the scripted expert has no LLM to accelerate

@@ -155,8 +155,11 @@ def test_attention_is_computed_only_at_the_requested_layers(llm, monkeypatch):
 
 def test_skipped_layers_are_never_entered(llm, monkeypatch):
     entered = []
+    def spy(forward, i):
+        return lambda *a, **k: entered.append(i) or forward(*a, **k)
+
     for i, layer in enumerate(llm.model.layers):
-        monkeypatch.setattr(layer, "forward", (lambda f, i: lambda *a, **k: entered.append(i) or f(*a, **k))(layer.forward, i))
+        monkeypatch.setattr(layer, "forward", spy(layer.forward, i))
     cfg = AccelConfig(layer_skip=LayerSkipConfig(layers=(1, 4)))
     prompt, tokens = make_prompt(), decode_tokens(1, batch=3)
     got, _ = run(AcceleratedRunner(cfg), llm, prompt, tokens)

@@ -22,7 +22,8 @@ def test_key_task_and_diverse_split():
 
 def test_alpha_one_is_pure_relevance():
     att = torch.tensor([[0.3, 0.9, 0.1, 0.7, 0.5]])
-    kept = build_method("efficientvla_tokens", k_key=1, alpha=1.0).select(SelectionContext(torch.randn(1, 5, 3), att, 3))
+    method = build_method("efficientvla_tokens", k_key=1, alpha=1.0)
+    kept = method.select(SelectionContext(torch.randn(1, 5, 3), att, 3))
     assert kept.tolist() == [[1, 3, 4]]
 
 

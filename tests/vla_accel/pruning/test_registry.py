@@ -4,7 +4,8 @@ from vla_accel.pruning import METHODS, build_method
 
 
 def test_registry_lists_every_method():
-    assert set(METHODS) == {"vla_pruner", "fastv", "text_guided", "divprune", "efficientvla_tokens", "random", "uniform"}
+    expected = {"vla_pruner", "fastv", "text_guided", "divprune", "efficientvla_tokens", "random", "uniform"}
+    assert set(METHODS) == expected
 
 
 def test_unknown_method_suggests_the_closest_name():

@@ -1,0 +1,33 @@
+"""`make_policy` entries for the learned policies: load from `policy.path`, clear errors."""
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from vla_helpers import policy_yaml, random_obs, tiny_model_dict
+
+from vla_accel.policies import make_policy
+from vla_accel.policies.cogact.configuration_cogact import CogACTConfig
+from vla_accel.policies.cogact.modeling_cogact import CogACTPolicy
+from vla_accel.policies.common.action_tokenizer import compute_norm_stats
+
+
+def test_policy_yaml_without_a_path_says_what_is_needed():
+    with pytest.raises(ValueError, match="needs policy.path"):
+        make_policy(policy_yaml("openvla_tiny"), env=None)
+
+
+def test_cogact_from_path_with_runtime_overrides(tmp_path):
+    stats = {"spatial": compute_norm_stats(np.random.default_rng(0).uniform(-1, 1, (50, 7)))}
+    CogACTPolicy.from_config(CogACTConfig.from_dict(tiny_model_dict("cogact_tiny", norm_stats=stats))).save_pretrained(tmp_path)
+    cfg = OmegaConf.merge(policy_yaml("cogact_tiny"), {"path": str(tmp_path), "n_action_steps": 4,
+                                                      "use_ensemble": True, "dtype": "float32"})
+    policy = make_policy(cfg, env=None)
+    assert isinstance(policy, CogACTPolicy) and policy.dtype == torch.float32
+    assert policy.config.n_action_steps == 4 and policy.config.use_ensemble
+    policy.reset()
+    assert policy.select_action(random_obs()).shape == (7,)
+    with pytest.raises(ValueError, match="n_action_steps must be in"):
+        make_policy(OmegaConf.merge(cfg, {"n_action_steps": 99}), env=None)
+    with pytest.raises(ValueError, match="unknown dtype"):
+        make_policy(OmegaConf.merge(cfg, {"dtype": "fp8"}), env=None)
