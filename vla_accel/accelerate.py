@@ -49,6 +49,16 @@ def accelerate(policy: Any, config: AccelConfig | Mapping[str, Any] | str | None
         )
     runner = AcceleratedRunner(cfg)
     runner.plan(policy.language_model)  # validate against the model's layer count now
+    if cfg.head_cache is not None and not hasattr(policy, "action_model"):
+        raise ValueError(
+            f"the diffusion-head cache needs a policy with a DiT action head (CogACT-style `action_model`); "
+            f"{type(policy).__name__} has none -- set head_cache_interval to 1"
+        )
+    if cfg.reuse is not None and not callable(getattr(policy, "encode_images", None)):
+        raise ValueError(
+            f"vla_cache needs the policy's `encode_images(pixel_values)`; {type(policy).__name__} has none"
+        )
+    # every check passed: now change the policy
     remove_head_cache(policy)
     if cfg.head_cache is not None:
         install_head_cache(policy, cfg.head_cache.interval)
@@ -63,10 +73,6 @@ def accelerate(policy: Any, config: AccelConfig | Mapping[str, Any] | str | None
 
 def _install_frame_tap(policy: Any, runner: AcceleratedRunner) -> None:
     """VLA-Cache compares pixel patches between frames: pass them to the runner on every image encoding."""
-    if not callable(getattr(policy, "encode_images", None)):
-        raise ValueError(
-            f"vla_cache needs the policy's `encode_images(pixel_values)`; {type(policy).__name__} has none"
-        )
     original = policy.encode_images
     num_visual = policy.config.num_visual_tokens
 

@@ -78,3 +78,43 @@ def least_important_layers(path: str | Path, num_drop: int) -> list[int]:
     if not 0 <= num_drop < len(ranking):
         raise ValueError(f"num_drop must be in [0, {len(ranking) - 1}], got {num_drop}")
     return sorted(ranking[:num_drop])
+
+
+class _PrefillRecorder:
+    """A plain runner (transformers' forward) that keeps a copy of every prefill's inputs."""
+
+    def __init__(self) -> None:
+        from vla_accel.policies.llm_runner import HFRunner
+
+        self._plain = HFRunner()
+        self.samples: list[dict[str, Tensor]] = []
+
+    def reset(self) -> None:
+        self._plain.reset()
+
+    def end_step(self) -> None:
+        self._plain.end_step()
+
+    def prefill(self, llm, inputs_embeds, attention_mask, visual_start, num_visual, text_mask):
+        self.samples.append({"inputs_embeds": inputs_embeds.detach().clone(),
+                             "attention_mask": attention_mask.detach().clone()})  # fmt: skip
+        return self._plain.prefill(llm, inputs_embeds, attention_mask, visual_start, num_visual, text_mask)
+
+    def decode_one_token(self, llm, token_embeds, cache, position_ids):
+        return self._plain.decode_one_token(llm, token_embeds, cache, position_ids)
+
+
+def calibrate_policy_layer_skip(policy, observations: Iterable[dict], path: str | Path) -> dict:
+    """Calibrate on a VLA policy's own prompts: run ``policy.predict_action_chunk`` on each observation
+    with a recording runner, then :func:`calibrate_layer_skip` on the recorded prefills. The policy's
+    runner is restored afterwards."""
+    recorder, original = _PrefillRecorder(), policy.runner
+    policy.runner = recorder
+    try:
+        policy.reset()
+        for obs in observations:
+            policy.predict_action_chunk(obs)
+    finally:
+        policy.runner = original
+        policy.reset()
+    return calibrate_layer_skip(policy.language_model, recorder.samples, path)

@@ -8,6 +8,7 @@ the top level of the policy config to override the checkpoint's values.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -28,10 +29,17 @@ def _device_dtype(cfg: Mapping[str, Any]) -> tuple[str, torch.dtype]:
 
 
 def _path(cfg: Mapping[str, Any], kind: str) -> str:
+    """policy.path: a checkpoint directory, or a `vla-accel train` output_dir (its newest checkpoint)."""
     if not cfg.get("path"):
         raise ValueError(f"policy type {kind!r} needs policy.path: a checkpoint directory "
                          "(train one with `vla-accel train`)")
-    return str(cfg["path"])
+    path = Path(str(cfg["path"]))
+    if (path / "config.json").is_file():
+        return str(path)
+    ckpts = sorted((path / "checkpoints").glob("step_*"))
+    if ckpts and (ckpts[-1] / "config.json").is_file():
+        return str(ckpts[-1])
+    raise FileNotFoundError(f"policy.path {path} holds no config.json and no checkpoints/step_* directory")
 
 
 def make_openvla_policy(cfg: Mapping[str, Any], env=None):

@@ -23,6 +23,12 @@ def test_cogact_from_path_with_runtime_overrides(tmp_path):
     cfg = OmegaConf.merge(policy_yaml("cogact_tiny"), {"path": str(tmp_path), "n_action_steps": 4,
                                                       "use_ensemble": True, "dtype": "float32"})
     policy = make_policy(cfg, env=None)
+    # a training output_dir resolves to its newest checkpoint
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "step_0000010").symlink_to(tmp_path, target_is_directory=True)
+    assert isinstance(make_policy(OmegaConf.merge(cfg, {"path": str(tmp_path / "run")}), env=None), CogACTPolicy)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        make_policy(OmegaConf.merge(cfg, {"path": str(tmp_path / "nothing")}), env=None)
     assert isinstance(policy, CogACTPolicy) and policy.dtype == torch.float32
     assert policy.config.n_action_steps == 4 and policy.config.use_ensemble
     policy.reset()

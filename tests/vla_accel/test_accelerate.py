@@ -1,55 +1,24 @@
 """accelerate() on the real OpenVLA-style and CogACT-style policies (tiny, random weights)."""
 
-from importlib.resources import files
-
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
+from tiny_policies import obs, tiny_cogact, tiny_openvla
 
 from vla_accel.accel_config import AccelConfig
 from vla_accel.accelerate import accelerate
-from vla_accel.policies.common.action_tokenizer import compute_norm_stats
 from vla_accel.policies.llm_runner import HFRunner
 from vla_accel.runner import AcceleratedRunner
 
 
-def model_dict(name: str) -> dict:
-    d = OmegaConf.to_container(OmegaConf.load(str(files("vla_accel.conf") / "policy" / f"{name}.yaml")).model)
-    d["input_image_size"] = 32
-    d["llm"]["num_layers"] = 4  # room for a pruning layer and a later action layer
-    d["norm_stats"] = {"spatial": compute_norm_stats(np.random.default_rng(1).uniform(-0.5, 0.5, (200, 7)))}
-    return d
-
-
-def obs(seed=0, batch=None):
-    rng = np.random.default_rng(seed)
-    shape = (32, 32, 3) if batch is None else (batch, 32, 32, 3)
-    o = {"agentview_image": rng.integers(0, 255, shape, dtype=np.uint8),
-         "state": rng.normal(size=(8,) if batch is None else (batch, 8)).astype(np.float32)}  # fmt: skip
-    o["instruction"] = "pick up the red block" if batch is None else ["pick up the red block", "open the drawer now"]
-    return o
-
-
 @pytest.fixture(scope="module")
 def openvla():
-    from vla_accel.policies.openvla.configuration_openvla import OpenVLAConfig
-    from vla_accel.policies.openvla.modeling_openvla import OpenVLAPolicy
-
-    torch.manual_seed(0)
-    return OpenVLAPolicy.from_config(OpenVLAConfig.from_dict(model_dict("openvla_tiny"))).eval()
+    return tiny_openvla()
 
 
 @pytest.fixture(scope="module")
 def cogact():
-    from vla_accel.policies.cogact.configuration_cogact import CogACTConfig
-    from vla_accel.policies.cogact.modeling_cogact import CogACTPolicy
-
-    torch.manual_seed(0)
-    policy = CogACTPolicy.from_config(CogACTConfig.from_dict(model_dict("cogact_tiny"))).eval()
-    with torch.no_grad():  # the DiT starts by predicting zero noise; give it an output so caching shows
-        policy.action_model.final_proj.weight.normal_(0, 0.5)
-    return policy
+    return tiny_cogact()
 
 
 def test_openvla_with_everything_off_gives_the_same_actions(openvla):
@@ -79,12 +48,14 @@ def test_openvla_vla_pruner_warms_up_then_prunes_and_resets(openvla):
 
 
 def test_bad_configs_fail_at_accelerate_time(openvla, cogact):
+    before = openvla.runner
     with pytest.raises(ValueError, match="beyond the model's 4 layers"):
         accelerate(openvla, "fastv", prune_layer=7)
     with pytest.raises(ValueError, match="DiT action head"):
         accelerate(openvla, "fastv", head_cache_interval=5)
     with pytest.raises(ValueError, match="Did you mean 'fastv'"):
         accelerate(openvla, "fastvv")
+    assert openvla.runner is before  # a failed accelerate() leaves the policy as it was
 
 
 def test_cogact_head_cache_recomputes_every_n_steps(cogact):
@@ -151,3 +122,20 @@ def test_openvla_vla_cache_reuses_static_tokens_of_a_repeated_frame(openvla):
     assert np.array_equal(first, ref) and np.allclose(again, ref, atol=1e-6)
     accelerate(openvla, "none")
     assert "encode_images" not in vars(openvla)
+
+
+def test_cogact_all_three_parts_together_on_a_batch(cogact):
+    cfg = AccelConfig.from_dict({"method": "vla_pruner", "keep_ratio": 0.25, "prune_layer": 1,
+                                 "params": {"window": 1, "action_layer": 2}, "skip_layers": [3],
+                                 "head_cache_interval": 5})  # fmt: skip
+    accelerate(cogact, cfg)
+    try:
+        for step in range(3):
+            chunk = cogact.predict_action_chunk(obs(seed=step, batch=2))
+            assert chunk.shape == (2, cogact.config.chunk_size, 7) and np.isfinite(chunk).all()
+            assert cogact.runner.stats.pruned == (step >= 1)
+        assert cogact.runner.stats.kept_visual.shape == (2, 4)
+        assert cogact.runner.method._history[-1].shape == (2, 16)
+        assert cogact._vla_accel_head_cache.full_steps == 3 * 2
+    finally:
+        accelerate(cogact, "none")

@@ -36,3 +36,15 @@ def test_skipping_the_identity_layer_changes_nothing():
     got = AcceleratedRunner(AccelConfig(layer_skip=LayerSkipConfig(layers=(4,)))).prefill(llm, **prompt)
     torch.testing.assert_close(got.logits, ref.logits, atol=1e-5, rtol=1e-5)
     assert not got.cache.kv.layers[4].is_initialized
+
+
+def test_calibration_on_a_policy_records_its_prompts(tmp_path):
+    from tiny_policies import obs, tiny_openvla
+
+    from vla_accel.layer_skip import calibrate_policy_layer_skip
+    from vla_accel.policies.llm_runner import HFRunner
+
+    policy = tiny_openvla()
+    result = calibrate_policy_layer_skip(policy, [obs(seed=s) for s in range(2)], tmp_path / "rank.json")
+    assert result["num_samples"] == 2 and sorted(result["ranking"]) == [0, 1, 2, 3]
+    assert isinstance(policy.runner, HFRunner)
