@@ -4,7 +4,7 @@ Every time step of every demo is a sample: the camera images at t, the instructi
 expert actions a[t : t + chunk_size] (padded with the demo's last action past its end, as LeRobot and
 CogACT do), normalised with OpenVLA's q01/q99 bounds of that dataset. A dataset is one HDF5 file; its
 `unnorm_key` is the file's `data.attrs["suite"]` (else the file name), and its statistics go into the
-checkpoint's `norm_stats`.
+checkpoint's `norm_stats`. All frames are held in memory (49 KB per 128 px RGB frame and camera).
 """
 
 from __future__ import annotations

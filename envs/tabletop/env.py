@@ -19,8 +19,9 @@ positions in [0, 0.04] m, 0 = closed), `instruction` (text).
 
 from __future__ import annotations
 
-import math
+import atexit
 import numbers
+import weakref
 import string
 from typing import Any
 
@@ -29,6 +30,7 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
+from vla_accel.envs.tabletop.control import POS_SCALE, ROT_SCALE
 from vla_accel.envs.tabletop.goals import all_satisfied
 from vla_accel.envs.tabletop.layout import NUM_INIT_STATES, init_state_seed
 from vla_accel.envs.tabletop.scene import (
@@ -43,8 +45,6 @@ from vla_accel.envs.tabletop.scene import (
 from vla_accel.envs.tabletop.sim import SimView
 from vla_accel.envs.tabletop.tasks import get_task
 
-POS_SCALE = 0.02  # metres per control step at |action| = 1
-ROT_SCALE = 0.1  # radians per control step at |action| = 1
 MAX_TARGET_LEAD = 0.04  # metres the commanded target may lead the actual end-effector
 HOME_JITTER = 0.01  # metres: the gripper's start position varies this much between init states
 # Bounds of `state`: the workspace box with a margin (contacts can push the gripper a little off its
@@ -52,6 +52,27 @@ HOME_JITTER = 0.01  # metres: the gripper's start position varies this much betw
 STATE_LOW = np.concatenate([WORKSPACE_LOW - 0.1, [-np.pi] * 3, [-0.01] * 2]).astype(np.float32)
 STATE_HIGH = np.concatenate([WORKSPACE_HIGH + 0.1, [np.pi] * 3, [FINGER_OPEN + 0.01] * 2]).astype(np.float32)
 INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " .,;:'-_()/"
+
+
+# Envs that hold a renderer. Their GL contexts are freed at interpreter exit by an atexit hook that
+# must run while EGL is still initialised: mujoco's EGL backend registers its own hook (terminating
+# the display) when the first renderer is made, and atexit runs hooks last-in first-out, so ours is
+# registered right after that first renderer. Left to finalisers at shutdown, freeing fails noisily.
+_LIVE_RENDERING_ENVS: weakref.WeakSet = weakref.WeakSet()
+_exit_hook_registered = False
+
+
+def _close_renderers_at_exit() -> None:
+    for env in list(_LIVE_RENDERING_ENVS):
+        env.close()
+
+
+def _track_renderer(env: "TabletopEnv") -> None:
+    global _exit_hook_registered
+    _LIVE_RENDERING_ENVS.add(env)
+    if not _exit_hook_registered:
+        atexit.register(_close_renderers_at_exit)
+        _exit_hook_registered = True
 
 
 class TabletopEnv(gym.Env):
@@ -147,10 +168,14 @@ class TabletopEnv(gym.Env):
         """Free the renderer's GL context now (freeing it from a finaliser at interpreter exit can fail)."""
         renderer, self._renderer = self._renderer, None
         if renderer is not None:
+            _LIVE_RENDERING_ENVS.discard(self)
             try:
                 renderer.close()
             except Exception:  # noqa: BLE001 -- a dying GL context must not turn close() into an error
-                pass
+                # Drop the half-freed contexts so that the renderer's finaliser does not retry (and
+                # print the same error again).
+                renderer._gl_context = None
+                renderer._mjr_context = None
 
     def __del__(self):
         try:
@@ -189,7 +214,7 @@ class TabletopEnv(gym.Env):
         self._target_pos = home
         self._target_quat = np.array([1.0, 0.0, 0.0, 0.0])
         self.sim.set_gripper(home, self._target_quat)
-        self.data.qpos[self.sim._finger_qadr] = FINGER_OPEN
+        self.sim.set_fingers(FINGER_OPEN)
         self.data.ctrl[:] = FINGER_OPEN
         mujoco.mj_forward(self.model, self.data)
 
@@ -241,6 +266,7 @@ class TabletopEnv(gym.Env):
             return np.zeros((self.image_size, self.image_size, 3), np.uint8)
         if self._renderer is None:
             self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+            _track_renderer(self)
         self._renderer.update_scene(self.data, camera=camera_id)
         return self._renderer.render()
 

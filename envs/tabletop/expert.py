@@ -19,6 +19,7 @@ import math
 import mujoco
 import numpy as np
 
+from vla_accel.envs.tabletop.control import POS_SCALE, ROT_SCALE
 from vla_accel.envs.tabletop.goals import Goal, Lift, PlaceIn, PlaceOn, PushTo, Stack
 from vla_accel.envs.tabletop.objects import Container, Plate
 from vla_accel.envs.tabletop.scene import FINGER_OPEN, WORKSPACE_HIGH, WORKSPACE_LOW
@@ -61,8 +62,6 @@ class _Skill:
     # -- motion primitive ---------------------------------------------------------------------------
     def move(self, target: np.ndarray, yaw: float, grip: float, speed: float = MAX_SPEED) -> np.ndarray:
         """(7,) action driving the eef towards `target` (world, m) at gripper yaw `yaw`, roll/pitch 0."""
-        from vla_accel.envs.tabletop.env import POS_SCALE, ROT_SCALE
-
         target = np.clip(target, WORKSPACE_LOW, WORKSPACE_HIGH)
         dpos = POS_GAIN * (target - self.sim.eef_pos) / POS_SCALE
         dpos /= max(1.0, float(np.abs(dpos).max()) / speed)  # saturate, keeping the direction
@@ -151,9 +150,11 @@ class PickPlace(_Skill):
             if self.steps_in_mode > 30 and not self.goal.satisfied(s) and not grasped:
                 self._set("approach")
             else:
+                # Open in place first (rising while the fingers still touch it would drag the object
+                # along and can tip it over), then retreat straight up.
                 e = s.eef_pos
-                up = np.array([e[0], e[1], min(self.release_z + 0.10, WORKSPACE_HIGH[2])])
-                return self.move(up, s.eef_yaw, OPEN)
+                z = self.release_z if self.steps_in_mode <= 3 else min(self.release_z + 0.10, WORKSPACE_HIGH[2])
+                return self.move(np.array([e[0], e[1], z]), s.eef_yaw, OPEN)
         if self.mode == "closing":
             if grasped and self.steps_in_mode >= 4:
                 self._set("carry")
@@ -168,6 +169,15 @@ class PickPlace(_Skill):
                 return self.carry()
         return self.approach()
 
+    def _grasp_yaw(self) -> float:
+        """Gripper yaw that closes the fingers across the object: aligned with its faces when upright,
+        across its long axis when it has been knocked over onto its side."""
+        s = self.sim
+        up = s.up_axis(self.obj)
+        if abs(up[2]) < 0.5:
+            return _nearest_equivalent(math.atan2(up[1], up[0]), s.eef_yaw, math.pi)
+        return _nearest_equivalent(s.yaw(self.obj), s.eef_yaw, self.spec.yaw_symmetry)
+
     def _grasp_point(self) -> np.ndarray:
         p = self.sim.pos(self.obj)
         return np.array([p[0], p[1], max(p[2], WORKSPACE_LOW[2] + 0.003)])
@@ -175,7 +185,7 @@ class PickPlace(_Skill):
     def approach(self) -> np.ndarray:
         s = self.sim
         p, e = s.pos(self.obj), s.eef_pos
-        yaw = _nearest_equivalent(s.yaw(self.obj), s.eef_yaw, self.spec.yaw_symmetry)
+        yaw = self._grasp_yaw()
         hover_z = p[2] + self.spec.half_height + HOVER_ABOVE
         grasp = self._grasp_point()
         xy_err = float(np.linalg.norm(e[:2] - p[:2]))

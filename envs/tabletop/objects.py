@@ -29,6 +29,8 @@ COLORS: dict[str, tuple[float, float, float, float]] = {
 
 # Graspable objects: friction high enough for a two-finger grip, torsional friction so they do not spin.
 _OBJECT_FRICTION = "1.0 0.01 0.0005"
+# Cylinders also get rolling friction (condim 6): knocked over, they would otherwise roll off the table.
+_CYLINDER_FRICTION = "1.0 0.01 0.002"
 
 
 def _rgba(color: str) -> str:
@@ -139,7 +141,7 @@ class Cylinder(ObjectSpec):
     def geoms_xml(self) -> str:
         return (
             f'<geom name="{self.name}_geom" type="cylinder" size="{self.radius} {self.half_length}" '
-            f'mass="{self.mass}" rgba="{_rgba(self.color)}" friction="{_OBJECT_FRICTION}" condim="4"/>'
+            f'mass="{self.mass}" rgba="{_rgba(self.color)}" friction="{_CYLINDER_FRICTION}" condim="6"/>'
         )
 
 

@@ -17,8 +17,8 @@ from vla_accel.envs.tabletop.objects import ObjectSpec, Zone
 
 # Table top extent (half sizes, metres) and the box the end-effector point is kept in.
 TABLE_HALF = (0.40, 0.50)
-WORKSPACE_LOW = np.array([-0.30, -0.40, 0.017])
-WORKSPACE_HIGH = np.array([0.30, 0.40, 0.35])
+WORKSPACE_LOW = np.array([-0.35, -0.45, 0.017])
+WORKSPACE_HIGH = np.array([0.35, 0.45, 0.35])
 
 # Gripper geometry (metres): finger travel per finger, finger pad half sizes, eef height above tips.
 FINGER_OPEN = 0.04  # each finger's joint range is [0, FINGER_OPEN]; 2 * 0.04 = 8 cm opening

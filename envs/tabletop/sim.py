@@ -144,6 +144,10 @@ class SimView:
         w, x, y, z = self.eef_quat
         return math.atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
 
+    def set_fingers(self, q: float) -> None:
+        """Both finger joints to `q` metres (reset only)."""
+        self.data.qpos[self._finger_qadr] = q
+
     @property
     def finger_qpos(self) -> np.ndarray:
         """(2,) finger joint positions (0 = closed, FINGER_OPEN = open)."""

@@ -26,6 +26,9 @@ class CogACTConfig(VLMConfig):
     repeated_diffusion_steps: int = 4  # training: noise draws per sample (CogACT repeats 4x)
     use_ensemble: bool = False  # CogACT's adaptive action ensemble (predicts every step)
     ensemble_alpha: float = 0.1
+    # How many past chunks vote on the current step (CogACT's `action_ensemble_horizon`: its SimplerEnv
+    # evaluation uses 7 for WidowX and 2 for the Google robot).
+    ensemble_horizon: int = 7
     sampling_seed: int | None = 0  # re-seeds the initial noise at reset(); None = torch's global RNG
 
     def __post_init__(self) -> None:
@@ -33,6 +36,10 @@ class CogACTConfig(VLMConfig):
         if not 1 <= self.n_action_steps <= self.chunk_size:
             raise ValueError(
                 f"n_action_steps must be in [1, chunk_size={self.chunk_size}], got {self.n_action_steps}"
+            )
+        if not 1 <= self.ensemble_horizon <= self.chunk_size:
+            raise ValueError(
+                f"ensemble_horizon must be in [1, chunk_size={self.chunk_size}], got {self.ensemble_horizon}"
             )
         if self.noise_schedule not in SCHEDULES:
             raise ValueError(f"unknown noise_schedule {self.noise_schedule!r}; valid: {SCHEDULES}")

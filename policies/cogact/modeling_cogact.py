@@ -33,7 +33,7 @@ class CogACTPolicy(VLMBase):
         self.action_model = DiT(config.action_dim, config.chunk_size, hidden, config.dit_width,
                                 config.dit_depth, config.dit_heads, config.dit_mlp_ratio)
         self.diffusion = DDIM(config.diffusion_steps, config.noise_schedule)
-        self.ensembler = AdaptiveEnsembler(config.chunk_size, config.ensemble_alpha)
+        self.ensembler = AdaptiveEnsembler(config.ensemble_horizon, config.ensemble_alpha)
         self._queue: deque[np.ndarray] = deque()
         self._generator = torch.Generator()
         self._seed_noise()

@@ -2,8 +2,9 @@
 
 The policy config names a checkpoint `path` (ours, or for openvla also the OpenVLA HF layout), the
 `device`, the `dtype` (null: float32 on CPU, bfloat16 on CUDA) and the `unnorm_key`. CogACT's
-inference options (n_action_steps, use_ensemble, cfg_scale, ddim_steps, sampling_seed) may be set at
-the top level of the policy config to override the checkpoint's values.
+inference options (n_action_steps, use_ensemble, ensemble_alpha, ensemble_horizon, cfg_scale,
+ddim_steps, sampling_seed) set at the top level of the policy config (not null) override the
+checkpoint's values; `model:` is only read when training from scratch.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 COGACT_RUNTIME = ("n_action_steps", "use_ensemble", "cfg_scale", "ddim_steps", "sampling_seed",
-                  "ensemble_alpha")
+                  "ensemble_alpha", "ensemble_horizon")
 
 
 def _device_dtype(cfg: Mapping[str, Any]) -> tuple[str, torch.dtype]:
@@ -53,6 +54,7 @@ def make_openvla_policy(cfg: Mapping[str, Any], env=None):
 
 def make_cogact_policy(cfg: Mapping[str, Any], env=None):
     from vla_accel.policies.cogact.configuration_cogact import CogACTConfig
+    from vla_accel.policies.cogact.ensemble import AdaptiveEnsembler
     from vla_accel.policies.cogact.modeling_cogact import CogACTPolicy
 
     device, dtype = _device_dtype(cfg)
@@ -62,5 +64,6 @@ def make_cogact_policy(cfg: Mapping[str, Any], env=None):
     if overrides:
         merged = {**policy.config.to_dict(), **overrides}
         policy.config = CogACTConfig.from_dict(merged)  # validates the new values
+        policy.ensembler = AdaptiveEnsembler(policy.config.ensemble_horizon, policy.config.ensemble_alpha)
         policy.reset()
     return policy

@@ -45,7 +45,14 @@ def check_image_batch(images: np.ndarray, name: str, expected_size: int | None) 
 def check_instructions(instructions, batch: int) -> list[str]:
     if isinstance(instructions, str):
         instructions = [instructions]
-    instructions = [str(i) if not isinstance(i, str) else i for i in instructions]
+    if isinstance(instructions, np.ndarray):  # e.g. a batched obs from a vectorised env
+        instructions = instructions.tolist()
+    if not isinstance(instructions, (list, tuple)):
+        instructions = [instructions]
+    instructions = list(instructions)
+    for i, text in enumerate(instructions):
+        if not isinstance(text, str):
+            raise ValueError(f"instruction {i} must be a string, got {type(text).__name__}")
     if len(instructions) != batch:
         raise ValueError(f"got {len(instructions)} instructions for a batch of {batch} images")
     for i, text in enumerate(instructions):

@@ -280,3 +280,19 @@ def test_control_hz_sets_substeps():
         assert env.data.time - t0 == pytest.approx(0.1)
     finally:
         env.close()
+
+
+def test_no_gl_errors_at_interpreter_exit_without_close():
+    """Envs left open (or dropped without close) must not spray EGL errors when Python exits."""
+    import subprocess
+    import sys
+
+    script = (
+        "from vla_accel.envs import make_env\n"
+        "kept = [make_env('goal', i) for i in range(2)]\n"
+        "for e in kept: e.reset(options={'init_state_id': 0})\n"
+        "dropped = make_env('spatial', 0); dropped.reset(); del dropped\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Exception ignored" not in result.stderr and "EGLError" not in result.stderr, result.stderr

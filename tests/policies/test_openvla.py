@@ -146,6 +146,7 @@ def test_wrist_camera_adds_visual_tokens():
         (lambda o: o.update(agentview_image=np.zeros((32, 32, 4), np.uint8)), r"expected shape \(H, W, 3\)"),
         (lambda o: o.update(instruction="   "), "instruction 0 is empty"),
         (lambda o: o.pop("instruction"), "lacks 'instruction'"),
+        (lambda o: o.update(instruction=None), "instruction 0 must be a string"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(policy, change, message):
