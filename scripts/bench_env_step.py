@@ -17,16 +17,21 @@ import numpy as np
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from vla_accel.envs.tabletop import SUITES, list_tasks, make_tabletop_env  # noqa: E402
+from vla_accel.envs.tabletop import SUITES, list_tasks, make_tabletop_env
 
 
-def bench_suite(suite: str, steps: int, warmup: int, image_size: int, control_hz: float) -> np.ndarray:
-    """Step times (seconds), `steps` in all, spread over the suite's tasks. Each task's env has its own
-    GL context and caches, so each one's first `warmup / n_tasks` steps are left out."""
+def bench_suite(
+    suite: str, steps: int, warmup: int, image_size: int, control_hz: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Wall-clock and process-CPU step times (seconds), `steps` of each, spread over the suite's tasks.
+    Each task's env has its own GL context and caches, so each one's first `warmup / n_tasks` steps are
+    left out. CPU time (all threads of this process, the GL rasteriser's included) barely depends on
+    other load on the machine; wall-clock time does."""
     task_ids = [t.task_id for t in list_tasks(suite)]
     timed = -(-steps // len(task_ids))  # ceil
     skip = max(1, warmup // len(task_ids))
     times: list[float] = []
+    cpu_times: list[float] = []
     for task_id in task_ids:
         env = make_tabletop_env(suite, task_id, image_size=image_size, control_hz=control_hz)
         expert = env.unwrapped.expert()
@@ -35,16 +40,17 @@ def bench_suite(suite: str, steps: int, warmup: int, image_size: int, control_hz
             expert.reset()
             for k in range(skip + timed):
                 action = expert.select_action(obs)
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 obs, _, terminated, truncated, _ = env.step(action)
                 if k >= skip:
                     times.append(time.perf_counter() - t0)
+                    cpu_times.append(time.process_time() - c0)
                 if terminated or truncated:
                     obs, _ = env.reset(options={"init_state_id": (k + 1) % 50})
                     expert.reset()
         finally:
             env.close()
-    return np.array(times)
+    return np.array(times), np.array(cpu_times)
 
 
 def main() -> None:
@@ -57,11 +63,14 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"MUJOCO_GL={os.environ.get('MUJOCO_GL')}  image {args.image_size}x{args.image_size}  "
-          f"control {args.control_hz:g} Hz  cpu: {platform.processor() or platform.machine()}")
-    print(f"{'suite':8s} {'median ms':>10s} {'p90 ms':>8s} {'steps/s':>8s} {'n':>6s}")
+          f"control {args.control_hz:g} Hz  cpu: {platform.processor() or platform.machine()}  "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"{'suite':8s} {'median ms':>10s} {'p90 ms':>8s} {'steps/s':>8s} {'cpu median ms':>14s} {'n':>6s}")
     for suite in args.suites:
-        t = bench_suite(suite, args.steps, args.warmup, args.image_size, args.control_hz) * 1e3
-        print(f"{suite:8s} {np.median(t):10.2f} {np.percentile(t, 90):8.2f} {1e3 / np.median(t):8.0f} {t.size:6d}")
+        wall, cpu = bench_suite(suite, args.steps, args.warmup, args.image_size, args.control_hz)
+        wall, cpu = wall * 1e3, cpu * 1e3
+        print(f"{suite:8s} {np.median(wall):10.2f} {np.percentile(wall, 90):8.2f} {1e3 / np.median(wall):8.0f} "
+              f"{np.median(cpu):14.2f} {wall.size:6d}")
 
 
 if __name__ == "__main__":

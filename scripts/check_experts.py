@@ -13,7 +13,6 @@ import json
 import time
 
 import numpy as np
-
 from vla_accel.envs.tabletop import SUITES, make_tabletop_env
 from vla_accel.envs.tabletop.layout import NUM_INIT_STATES
 

@@ -8,7 +8,9 @@ It swaps the policy's LLM runner (docs/interfaces.md, "The LLM runner seam") for
 with a DiT action head, installs the diffusion-head feature cache; for VLA-Cache token reuse it makes the
 policy's image encoder hand each frame's pixel patches to the runner. The config is bound to the policy's
 language model here, so a bad pruning layer or skip list fails now, not at the first control step.
-``policy.reset()``, ``select_action`` and ``predict_action_chunk`` work as before; the policy already
+``policy.reset()``, ``select_action``, ``predict_action_chunk`` and ``predict_action`` work as before, and
+the policy also gets openpi's ``policy.infer(obs) -> {"actions", "policy_timing"}`` (vla_accel.drop_in);
+``vla_accel.episode_fork.fork_episode(policy)`` gives a second episode on the same weights. The policy already
 calls the runner's ``reset()`` and ``end_step()``, which is where the accelerator's per-episode state
 lives. ``accelerate(policy, "none")`` (or an AccelConfig() with every part off) undoes it.
 """
@@ -19,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from vla_accel.accel_config import AccelConfig, load_accel_config
+from vla_accel.drop_in import bind_infer
 from vla_accel.head_cache import install_head_cache, remove_head_cache
 from vla_accel.runner import AcceleratedRunner
 from vla_accel.token_reuse import pixel_patches
@@ -67,6 +70,7 @@ def accelerate(policy: Any, config: AccelConfig | Mapping[str, Any] | str | None
         _install_frame_tap(policy, runner)
     policy.runner = runner
     policy.accel_config = cfg
+    bind_infer(policy)  # openpi's call style next to LeRobot's and OpenVLA's
     policy.reset()  # a new runner starts a new episode
     return policy
 

@@ -38,8 +38,15 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                           config_name="collect"),
     "eval": Subcommand("vla_accel.eval:run", "roll a policy out over suites/tasks; write eval_info.json",
                        config_name="eval"),
+    "bench": Subcommand("vla_accel.bench:run", "latency of each acceleration config, interleaved; bench.json/md",
+                        config_name="bench"),
     "train": Subcommand("vla_accel.policies.train:run", "train an OpenVLA/CogACT-style policy on HDF5 demos",
                         config_name="train"),
+    "serve": Subcommand("vla_accel.serving.serve_cli:run",
+                        "serve a policy over websocket+msgpack (openpi-style; GET /healthz)", config_name="serve"),
+    "sweep": Subcommand("vla_accel.sweep.run:main",
+                        "methods x keep ratios (+ baseline) as eval multiruns, bench, CSV/Markdown/Pareto plots; "
+                        "`sweep aggregate DIR`"),
 }
 
 

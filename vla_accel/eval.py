@@ -1,7 +1,12 @@
 """`vla-accel eval`: roll a policy out over suites x tasks x fixed init states; write eval_info.json.
 
 Output (in Hydra's output dir): eval_episodes.jsonl (one line per finished episode, written as it
-finishes), eval_info.json (interfaces.md's shape, at the end), videos/eval_episode_{n}.mp4.
+finishes, with its inference calls' timings), eval_info.json (interfaces.md's shape plus its `timing`
+block, at the end), videos/eval_episode_{n}.mp4.
+
+Timing keys (conf/eval/default.yaml): eval.control_hz (null = env.control_hz), eval.warmup_calls,
+eval.realtime, eval.latency_model (measured | fixed | scaled) with eval.latency_ms / eval.latency_scale,
+eval.hold_gripper; see vla_accel.realtime for the real-time rule.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from tqdm import tqdm
 
 from vla_accel import envs
 from vla_accel.policies import make_policy, policy_spec
-from vla_accel.results import (EpisodeLog, build_eval_info, print_results, read_episode_log,
+from vla_accel.results import (EPISODE_LOG_ONLY_KEYS, EpisodeLog, build_eval_info, print_results, read_episode_log,
                                write_json_atomic)
-from vla_accel.rollout import run_episode
+from vla_accel.realtime import LatencyModel
+from vla_accel.rollout import RolloutTiming, run_episode, warm_up
+from vla_accel.timing_report import timing_block, timing_table
 from vla_accel.task_selection import env_kwargs, resolve_suites, resolve_tasks
 from vla_accel.video import write_mp4
 
@@ -35,6 +42,25 @@ def _check_eval_cfg(ecfg) -> None:
         raise ValueError(f"eval.max_steps must be null or a positive integer, got {ecfg.max_steps!r}")
     if ecfg.max_videos < 0 or ecfg.videos_per_task < 0:
         raise ValueError("eval.max_videos and eval.videos_per_task must be >= 0")
+
+
+def rollout_timing(cfg: DictConfig) -> RolloutTiming:
+    """The loop's timing settings from the eval group (ValueError on a bad value)."""
+    ecfg = cfg.eval
+    hz = ecfg.get("control_hz")
+    hz = cfg.env.control_hz if hz is None else hz
+    if isinstance(hz, bool) or not isinstance(hz, (int, float)) or hz <= 0:
+        raise ValueError(f"eval.control_hz must be null or a positive number, got {hz!r}")
+    return RolloutTiming(control_hz=float(hz), realtime=bool(ecfg.get("realtime", False)),
+                         latency_model=LatencyModel.from_eval_cfg(ecfg),
+                         hold_gripper=float(ecfg.get("hold_gripper", -1.0)),
+                         warmup_calls=ecfg.get("warmup_calls", 0))
+
+
+def run_timing_block(timing: RolloutTiming, episodes: list[dict], warmup_calls: int) -> dict:
+    return timing_block(episodes, control_hz=timing.control_hz, latency_model=timing.latency_model.kind,
+                        latency_param=timing.latency_model.param, realtime=timing.realtime,
+                        warmup_calls=warmup_calls)
 
 
 @dataclass(frozen=True)
@@ -110,6 +136,7 @@ def evaluate(cfg: DictConfig, output_dir: str | Path, console: Console | None = 
     output_dir.mkdir(parents=True, exist_ok=True)
     spec = policy_spec(cfg.policy)  # fail on an unknown policy type before building any env
     accel = accel_config(cfg)  # ... and on a bad accel config
+    timing = rollout_timing(cfg)  # ... and on bad timing settings
     plan = plan_episodes(cfg)
     fps = ecfg.fps or cfg.env.control_hz
     log_path = output_dir / EPISODE_LOG
@@ -124,6 +151,7 @@ def evaluate(cfg: DictConfig, output_dir: str | Path, console: Console | None = 
 
     records: dict[int, dict] = dict(done)
     policy = None
+    n_warmup = 0  # untimed warm-up calls made in this process (once per policy built)
     start = time.perf_counter()
     n_total = sum(len(g) for g in plan)
     bar = tqdm(total=n_total, initial=len(done), desc="eval", unit="ep", disable=not ecfg.progress,
@@ -143,9 +171,12 @@ def evaluate(cfg: DictConfig, output_dir: str | Path, console: Console | None = 
                             from vla_accel.accelerate import accelerate
 
                             policy = accelerate(policy, accel)
+                        n_warmup += warm_up(env, policy, timing.warmup_calls,
+                                            init_state_id=todo[0].init_state_id, seed=todo[0].seed)
                     for ep in todo:
                         rec = run_episode(env, policy, init_state_id=ep.init_state_id, seed=ep.seed,
-                                          max_steps=ecfg.max_steps, record_video=ep.film)
+                                          max_steps=ecfg.max_steps, record_video=ep.film,
+                                          timing=timing)
                         if ep.film:
                             write_mp4(video_path(ep), rec.frames, fps)
                         record = {
@@ -153,6 +184,9 @@ def evaluate(cfg: DictConfig, output_dir: str | Path, console: Console | None = 
                             "task": task.name, "init_state_id": ep.init_state_id, "seed": ep.seed,
                             "success": rec.success, "sum_reward": rec.sum_reward,
                             "max_reward": rec.max_reward, "n_steps": rec.n_steps,
+                            "n_calls": len(rec.calls), "n_stale_steps": rec.n_stale_steps,
+                            "n_hold_steps": rec.n_hold_steps, "loop_s": rec.loop_s,
+                            "calls": rec.calls,  # kept in the jsonl only (a resumed run re-reads them)
                         }
                         log.append(record)
                         records[ep.episode_ix] = record
@@ -165,15 +199,24 @@ def evaluate(cfg: DictConfig, output_dir: str | Path, console: Console | None = 
             bar.close()
     eval_s = time.perf_counter() - start
 
-    per_episode = [records[ix] for ix in sorted(records)]
+    episodes = [records[ix] for ix in sorted(records)]
+    per_episode = [{k: v for k, v in r.items() if k not in EPISODE_LOG_ONLY_KEYS} for r in episodes]
     tasks = [{"suite": g[0].suite, "task_id": g[0].task.task_id, "task": g[0].task.name,
               "instruction": g[0].task.instruction} for g in plan]
     video_paths = [str(video_path(ep)) for g in plan for ep in g if ep.film and video_path(ep).exists()]
     info = build_eval_info(per_episode, tasks, eval_s=eval_s, video_paths=video_paths,
                            config=OmegaConf.to_container(cfg, resolve=True),
                            n_timed=len(records) - len(done))
+    info["timing"] = run_timing_block(timing, episodes, n_warmup)
+    suites = list(dict.fromkeys(r["suite"] for r in episodes))
+    if len(suites) > 1:
+        info["timing_per_group"] = {s: run_timing_block(timing, [r for r in episodes if r["suite"] == s],
+                                                        n_warmup) for s in suites}
     write_json_atomic(output_dir / EVAL_INFO, info)
     print_results(info, console, title=f"eval: policy={cfg.policy.type}")
+    if ecfg.get("timing_table", True) and info["timing"]["n_calls"]:
+        console.print(timing_table(info["timing"], title=f"timing: policy={cfg.policy.type}"
+                                   + (f" accel={cfg.accel.name}" if cfg.get("accel") is not None else "")))
     console.print(f"results: {output_dir / EVAL_INFO}")
     return info
 

@@ -17,7 +17,10 @@ from rich.table import Table
 from vla_accel.stats import format_rate, success_metrics
 
 EPISODE_KEYS = ("episode_ix", "suite", "task_id", "task", "init_state_id", "seed", "success",
-                "sum_reward", "max_reward", "n_steps")
+                "sum_reward", "max_reward", "n_steps",
+                # timing (vla_accel.rollout): inference calls, steps on a stale / the hold action, loop wall s
+                "n_calls", "n_stale_steps", "n_hold_steps", "loop_s")
+EPISODE_LOG_ONLY_KEYS = ("calls",)  # per-call timings: in eval_episodes.jsonl, not in eval_info.json
 
 
 class EpisodeLog:

@@ -9,9 +9,14 @@ See `env.py` for the action and observation conventions.
 from __future__ import annotations
 
 import gymnasium as gym
-
 from vla_accel.envs.tabletop.env import TabletopEnv
-from vla_accel.envs.tabletop.tasks import SUITES, TaskInfo, check_tabletop_suite, get_task, suite_tasks
+from vla_accel.envs.tabletop.tasks import (
+    SUITES,
+    TaskInfo,
+    check_tabletop_suite,
+    get_task,
+    suite_tasks,
+)
 
 GYM_ID = "vla_accel/Tabletop-v0"
 

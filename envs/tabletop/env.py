@@ -8,9 +8,11 @@ Action: 7-D delta end-effector command in [-1, 1], applied at `control_hz` (20 H
     - gripper: -1 = open (8 cm), +1 = closed; values in between command a proportional opening
 
 Values outside [-1, 1] are clipped to it; an action of the wrong shape or holding NaN/inf raises
-ValueError. The commanded end-effector position is clipped to the workspace box (scene.WORKSPACE_*).
-Each control step runs `round(1 / (control_hz * 0.005))` physics steps of 5 ms, moving the mocap
-gripper along a straight line (and a uniform rotation) towards the new target, so that it never jumps.
+ValueError. The action moves a target pose (previous target + delta); the target position is clipped
+to the workspace box (scene.WORKSPACE_*) and kept within 4 cm of the real end effector (so a blocked
+gripper does not wind up). Each control step runs `round(1 / (control_hz * 0.005))` physics steps of
+5 ms, moving the target along a straight line (and a uniform rotation); the gripper follows it through
+a stiff weld constraint, trailing by a few millimetres at full speed.
 
 Observation: `agentview_image`, `wrist_image` (uint8 (H, W, 3), upright), `state` (float32 (8,):
 eef position, eef axis-angle with 0 = gripper pointing straight down at yaw 0, two finger joint
@@ -21,15 +23,14 @@ from __future__ import annotations
 
 import atexit
 import numbers
-import weakref
 import string
-from typing import Any
+import weakref
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import mujoco
 import numpy as np
 from gymnasium import spaces
-
 from vla_accel.envs.tabletop.control import POS_SCALE, ROT_SCALE
 from vla_accel.envs.tabletop.goals import all_satisfied
 from vla_accel.envs.tabletop.layout import NUM_INIT_STATES, init_state_seed
@@ -67,7 +68,7 @@ def _close_renderers_at_exit() -> None:
         env.close()
 
 
-def _track_renderer(env: "TabletopEnv") -> None:
+def _track_renderer(env: TabletopEnv) -> None:
     global _exit_hook_registered
     _LIVE_RENDERING_ENVS.add(env)
     if not _exit_hook_registered:
@@ -78,7 +79,7 @@ def _track_renderer(env: "TabletopEnv") -> None:
 class TabletopEnv(gym.Env):
     """One task of one tabletop suite. Build with `make_tabletop_env(suite, task_id, ...)`."""
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 20}
 
     def __init__(
         self,
@@ -107,9 +108,11 @@ class TabletopEnv(gym.Env):
         self.n_substeps = max(1, round(1.0 / (self.control_hz * PHYSICS_TIMESTEP)))
         self.metadata = {**self.metadata, "render_fps": self.control_hz}
 
-        self.model = mujoco.MjModel.from_xml_string(build_scene_xml(SceneSpec(self.task.objects, self.task.zones)))
+        self.model = mujoco.MjModel.from_xml_string(build_scene_xml(
+            SceneSpec(self.task.objects, self.task.zones, self.task.drawers)
+        ))
         self.data = mujoco.MjData(self.model)
-        self.sim = SimView(self.model, self.data, self.task.objects, self.task.zones)
+        self.sim = SimView(self.model, self.data, self.task.objects, self.task.zones, self.task.drawers)
         self._renderer: mujoco.Renderer | None = None
         self._agent_cam = self.model.camera("agentview").id
         self._wrist_cam = self.model.camera("wrist").id
@@ -178,10 +181,9 @@ class TabletopEnv(gym.Env):
                 renderer._mjr_context = None
 
     def __del__(self):
-        try:
+        # close() already swallows GL errors; this guards against a half-built env (failed __init__).
+        if hasattr(self, "_renderer"):
             self.close()
-        except Exception:  # noqa: BLE001
-            pass
 
     # -- the expert ---------------------------------------------------------------------------------
     def expert(self):
@@ -211,6 +213,8 @@ class TabletopEnv(gym.Env):
             self.sim.set_pose(spec.name, np.array([x, y, spec.half_height]), yaw)
         for zone in self.task.zones:
             self.sim.set_zone(zone.name, *layout.zones[zone.name])
+        for drawer in self.task.drawers:
+            self.sim.set_drawer(drawer.name, *layout.drawers[drawer.name])
         self._target_pos = home
         self._target_quat = np.array([1.0, 0.0, 0.0, 0.0])
         self.sim.set_gripper(home, self._target_quat)

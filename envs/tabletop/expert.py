@@ -10,6 +10,8 @@ Skills, one per task goal, done in order (the first goal that does not hold is w
   descend over the destination (bowl, basket, plate, another cube), release, retreat upwards.
 - Hold (Lift goals): pick, then hold the object up.
 - Push: get behind the object on the line to the zone's centre with closed fingers, push, retreat.
+- Pull (OpenDrawer goals): turn the fingers across the handle bar, descend around it half open, close,
+  pull towards +x until the drawer is well open, let go, retreat.
 """
 
 from __future__ import annotations
@@ -18,9 +20,16 @@ import math
 
 import mujoco
 import numpy as np
-
 from vla_accel.envs.tabletop.control import POS_SCALE, ROT_SCALE
-from vla_accel.envs.tabletop.goals import Goal, Lift, PlaceIn, PlaceOn, PushTo, Stack
+from vla_accel.envs.tabletop.goals import (
+    Goal,
+    Lift,
+    OpenDrawer,
+    PlaceIn,
+    PlaceOn,
+    PushTo,
+    Stack,
+)
 from vla_accel.envs.tabletop.objects import Container, Plate
 from vla_accel.envs.tabletop.scene import FINGER_OPEN, WORKSPACE_HIGH, WORKSPACE_LOW
 from vla_accel.envs.tabletop.sim import SimView
@@ -51,13 +60,17 @@ class _Skill:
         self.goal = goal
         self.env = env
         self.obj = goal.obj
-        self.spec = sim.specs[goal.obj]
+        self.spec = sim.specs.get(goal.obj)  # None for a drawer (not a loose object)
 
     def reset(self) -> None:
         pass
 
     def act(self) -> np.ndarray:
         raise NotImplementedError
+
+    def finished(self) -> bool:
+        """Whether the expert may move on to the next goal."""
+        return self.goal.satisfied(self.sim)
 
     # -- motion primitive ---------------------------------------------------------------------------
     def move(self, target: np.ndarray, yaw: float, grip: float, speed: float = MAX_SPEED) -> np.ndarray:
@@ -276,7 +289,71 @@ class Push(_Skill):
         return self.move(np.array([*behind, self.PUSH_Z]), yaw, CLOSE)
 
 
+class Pull(_Skill):
+    """Open a drawer: cage its handle bar between the fingers and pull it out along +x."""
+
+    OPEN_TARGET = 0.11  # m: pull this far (the goal needs 0.08)
+    HALF_OPEN = -0.3  # gripper command: fingers 2.6 cm from the centre, room around the bar, clear of the front
+    HOVER = 0.05  # m above the handle before descending
+
+    def reset(self) -> None:
+        self.mode = "approach"  # approach -> closing -> pull -> release
+        self.steps_in_mode = 0
+        self.cleared = False
+
+    def _set(self, mode: str) -> None:
+        self.mode, self.steps_in_mode = mode, 0
+
+    def finished(self) -> bool:
+        """Open, and the gripper has let go and risen clear of the handle once (from then on the next
+        skill may open the fingers wide and go low again)."""
+        s = self.sim
+        if self.mode == "release" and s.eef_pos[2] > s.handle_pos(self.obj)[2] + 0.06:
+            self.cleared = True
+        return self.cleared and self.goal.satisfied(s)
+
+    def act(self) -> np.ndarray:
+        self.steps_in_mode += 1
+        s = self.sim
+        handle, e = s.handle_pos(self.obj), s.eef_pos
+        # Fingers close along the gripper's y axis: turn it to world x, across the bar (which runs along y).
+        yaw = _nearest_equivalent(math.pi / 2, s.eef_yaw, math.pi)
+        xy_err = float(np.linalg.norm(e[:2] - handle[:2]))
+        if self.cleared:  # it was open and let go, but has been pushed shut again: start over
+            self.cleared = False
+            self._set("approach")
+        if s.drawer_opening(self.obj) >= self.OPEN_TARGET and self.mode != "release":
+            self._set("release")
+        if self.mode == "release":
+            # Only half open: wide open, the rear finger would push the drawer front back in.
+            z = e[2] if self.steps_in_mode <= 3 else handle[2] + 0.12
+            return self.move(np.array([e[0], e[1], z]), s.eef_yaw, self.HALF_OPEN)
+        if self.mode == "pull":
+            if xy_err > 0.02 or abs(e[2] - handle[2]) > 0.015:
+                self._set("approach")  # slipped off the handle
+            else:
+                target = handle + np.array([0.03, 0.0, 0.0])
+                return self.move(target, yaw, CLOSE, speed=0.5)
+        if self.mode == "closing":
+            if self.steps_in_mode >= 5:
+                self._set("pull")
+            return self.move(handle, yaw, CLOSE)
+        hover = handle + np.array([0.0, 0.0, self.HOVER])
+        low = e[2] < hover[2] - 0.02
+        fingers_open = float(s.finger_qpos.min()) > 0.018
+        if low and (xy_err > 0.02 or not fingers_open):
+            return self.move(np.array([e[0], e[1], hover[2]]), yaw, self.HALF_OPEN)
+        if not low and (xy_err > 0.01 or self.yaw_error(yaw) > 0.1):
+            return self.move(hover, yaw, self.HALF_OPEN)
+        if abs(e[2] - handle[2]) < 0.006 and xy_err < 0.008:
+            self._set("closing")
+            return self.move(handle, yaw, CLOSE)
+        return self.move(handle, yaw, self.HALF_OPEN)
+
+
 def _skill_for(goal: Goal, sim: SimView, env) -> _Skill:
+    if isinstance(goal, OpenDrawer):
+        return Pull(sim, goal, env)
     if isinstance(goal, Lift):
         return Hold(sim, goal, env)
     if isinstance(goal, PushTo):
@@ -300,6 +377,6 @@ class ScriptedExpert:
     def select_action(self, obs=None) -> np.ndarray:
         """(7,) float32 action for the env's current state (`obs` is not needed: privileged state)."""
         for skill in self.skills:
-            if not skill.goal.satisfied(self.sim):
+            if not skill.finished():
                 return skill.act()
         return self.skills[-1].act()  # everything holds: keep the last skill's retreat or hold

@@ -11,12 +11,12 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
 from vla_accel.envs.tabletop.objects import Container, Plate
 from vla_accel.envs.tabletop.sim import SimView
 
 REST_SPEED = 0.03  # m/s: slower than this counts as resting
 LIFT_HEIGHT = 0.10  # m: an object's bottom this high above the table counts as lifted
+DRAWER_OPEN = 0.08  # m: a drawer pulled out this far counts as open
 
 
 def _in_frame(sim: SimView, p: np.ndarray, frame: str) -> np.ndarray:
@@ -119,6 +119,14 @@ class PushTo(Goal):
             and sim.touching(self.obj, "table")
             and sim.speed(self.obj) < REST_SPEED
         )
+
+
+@dataclass(frozen=True)
+class OpenDrawer(Goal):
+    """The drawer named `obj` is pulled out at least DRAWER_OPEN (it has friction: it stays out)."""
+
+    def satisfied(self, sim: SimView) -> bool:
+        return sim.drawer_opening(self.obj) >= DRAWER_OPEN
 
 
 def all_satisfied(goals: tuple[Goal, ...], sim: SimView) -> bool:

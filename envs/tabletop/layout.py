@@ -1,6 +1,7 @@
 """Seeded scene layouts: object positions with minimum separation, small random yaw.
 
-A layout maps each object name to `(x, y, yaw)` on the table and each zone name to `(x, y)`. The 50
+A layout maps each object name to `(x, y, yaw)` on the table and each zone and drawer cabinet name
+to `(x, y)`. The 50
 init states of a task are the layouts drawn from 50 fixed seeds derived from (suite, task_id, index),
 so they are the same on every machine and every run.
 """
@@ -28,6 +29,7 @@ Region = tuple[float, float, float, float]
 class Layout:
     objects: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # name -> x, y, yaw
     zones: dict[str, tuple[float, float]] = field(default_factory=dict)  # name -> x, y
+    drawers: dict[str, tuple[float, float]] = field(default_factory=dict)  # cabinet name -> x, y
 
     def xy(self, name: str) -> np.ndarray:
         return np.array(self.objects[name][:2])

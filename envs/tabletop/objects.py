@@ -306,3 +306,82 @@ def basket(name: str = "basket", color: str = "wood") -> Container:
 
 def plate(name: str = "plate", color: str = "grey") -> Plate:
     return Plate(name=name, color=color)
+
+
+@dataclass(frozen=True)
+class Drawer:
+    """A cabinet (fixed during an episode, placed by reset) with one drawer sliding out towards +x
+    (the camera) and a bar handle standing off its front. The cabinet is a mocap body so that init
+    states can move it; the drawer is its child on a slide joint with friction, so it stays where it
+    is pulled to."""
+
+    name: str = "drawer"
+    color: str = "wood"
+    half: tuple[float, float, float] = (0.08, 0.11, 0.04)  # cabinet outer half extents
+    travel: float = 0.14  # the drawer's slide range (m)
+    handle_standoff: float = 0.045  # bar centre in front of the drawer's front face
+
+    kind = "drawer"
+    label = "drawer"
+
+    @property
+    def joint(self) -> str:
+        return f"{self.name}_slide"
+
+    @property
+    def handle_site(self) -> str:
+        return f"{self.name}_handle"
+
+    @property
+    def drawer_body(self) -> str:
+        return f"{self.name}_tray"
+
+    @property
+    def cabinet_body(self) -> str:
+        return f"{self.name}_cabinet"
+
+    def body_xml(self) -> str:
+        hx, hy, hz = self.half
+        t = 0.008  # wall thickness
+        rgba = _rgba(self.color)
+        dark = "0.45 0.33 0.22 1"
+        walls = [  # (name, half sizes, position) relative to the cabinet centre
+            ("top", (hx, hy, t / 2), (0, 0, hz - t / 2)),
+            ("bottom", (hx, hy, t / 2), (0, 0, -hz + t / 2)),
+            ("back", (t / 2, hy, hz), (-hx + t / 2, 0, 0)),
+            ("left", (hx, t / 2, hz), (0, -hy + t / 2, 0)),
+            ("right", (hx, t / 2, hz), (0, hy - t / 2, 0)),
+        ]
+        cabinet = "".join(
+            f'<geom name="{self.name}_{n}" type="box" size="{s[0]} {s[1]} {s[2]}" pos="{p[0]} {p[1]} {p[2]}" '
+            f'rgba="{rgba}"/>'
+            for n, s, p in walls
+        )
+        iy = hy - t - 0.002  # drawer half width inside the side walls
+        ih = hz - t - 0.004  # drawer front half height inside top and bottom
+        front_x = hx - 0.006
+        bar_x = hx + self.handle_standoff
+        post_half = (self.handle_standoff - 0.008) / 2
+        tray = [
+            ("front", (0.006, iy, ih), (front_x, 0, 0), dark),
+            ("floor", (hx - 0.012, iy, 0.004), (0, 0, -ih + 0.004), dark),
+            ("rear", (0.004, iy, ih * 0.6), (-hx + 0.016, 0, -ih * 0.4), dark),
+            ("side0", (hx - 0.012, 0.004, ih * 0.6), (0, -iy + 0.004, -ih * 0.4), dark),
+            ("side1", (hx - 0.012, 0.004, ih * 0.6), (0, iy - 0.004, -ih * 0.4), dark),
+            ("post0", (post_half, 0.006, 0.006), (hx + post_half, -0.04, 0), "0.7 0.7 0.72 1"),
+            ("post1", (post_half, 0.006, 0.006), (hx + post_half, 0.04, 0), "0.7 0.7 0.72 1"),
+            ("bar", (0.008, 0.06, 0.008), (bar_x, 0, 0), "0.7 0.7 0.72 1"),
+        ]
+        drawer = "".join(
+            f'<geom name="{self.name}_{n}" type="box" size="{s[0]} {s[1]} {s[2]}" pos="{p[0]} {p[1]} {p[2]}" '
+            f'rgba="{c}" mass="0.05"/>'
+            for n, s, p, c in tray
+        )
+        return (
+            f'<body name="{self.cabinet_body}" mocap="true" pos="0 0 {hz}">{cabinet}'
+            f'<body name="{self.drawer_body}" pos="0 0 0">'
+            f'<joint name="{self.joint}" type="slide" axis="1 0 0" range="0 {self.travel}" damping="3" '
+            f'frictionloss="0.3"/>{drawer}'
+            f'<site name="{self.handle_site}" pos="{bar_x} 0 0" size="0.005" rgba="0 0 0 0" group="3"/>'
+            f"</body></body>"
+        )

@@ -12,8 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from vla_accel.envs.tabletop.objects import ObjectSpec, Zone
+from vla_accel.envs.tabletop.objects import Drawer, ObjectSpec, Zone
 
 # Table top extent (half sizes, metres) and the box the end-effector point is kept in.
 TABLE_HALF = (0.40, 0.50)
@@ -34,6 +33,7 @@ PHYSICS_TIMESTEP = 0.005
 class SceneSpec:
     objects: tuple[ObjectSpec, ...]
     zones: tuple[Zone, ...] = ()
+    drawers: tuple[Drawer, ...] = ()
 
 
 def _gripper_xml() -> str:
@@ -71,6 +71,11 @@ def build_scene_xml(spec: SceneSpec) -> str:
     tx, ty = TABLE_HALF
     bodies = "".join(o.body_xml() for o in spec.objects)
     zones = "".join(z.body_xml() for z in spec.zones)
+    drawers = "".join(d.body_xml() for d in spec.drawers)
+    # A mocap parent and its jointed child are not filtered as parent and child: exclude explicitly.
+    drawer_excludes = "".join(
+        f'<exclude body1="{d.cabinet_body}" body2="{d.drawer_body}"/>' for d in spec.drawers
+    )
     return f"""
 <mujoco model="vla_accel_tabletop">
   <compiler angle="radian" autolimits="true"/>
@@ -103,12 +108,14 @@ def build_scene_xml(spec: SceneSpec) -> str:
     <camera name="agentview" pos="0.78 0 0.58" xyaxes="0 1 0 -0.58 0 0.83" fovy="50"/>
     {_gripper_xml()}
     {zones}
+    {drawers}
     {bodies}
   </worldbody>
   <contact>
     <exclude body1="finger_left" body2="finger_right"/>
     <exclude body1="gripper" body2="finger_left"/>
     <exclude body1="gripper" body2="finger_right"/>
+    {drawer_excludes}
   </contact>
   <equality>
     <weld name="gripper_weld" body1="gripper_target" body2="gripper" solref="0.01 1" solimp="0.95 0.99 0.001"/>

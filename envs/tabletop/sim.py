@@ -9,8 +9,7 @@ import math
 
 import mujoco
 import numpy as np
-
-from vla_accel.envs.tabletop.objects import ObjectSpec, Zone
+from vla_accel.envs.tabletop.objects import Drawer, ObjectSpec, Zone
 
 
 class SimView:
@@ -22,12 +21,17 @@ class SimView:
         data: mujoco.MjData,
         objects: tuple[ObjectSpec, ...],
         zones: tuple[Zone, ...] = (),
+        drawers: tuple[Drawer, ...] = (),
     ):
         self.model = model
         self.data = data
         self.specs = {o.name: o for o in objects}
         self.zones = {z.name: z for z in zones}
         self._zone_mocap = {z.name: int(model.body_mocapid[model.body(z.name).id]) for z in zones}
+        self.drawers = {d.name: d for d in drawers}
+        self._drawer_mocap = {d.name: int(model.body_mocapid[model.body(d.cabinet_body).id]) for d in drawers}
+        self._drawer_qadr = {d.name: int(model.jnt_qposadr[model.joint(d.joint).id]) for d in drawers}
+        self._drawer_handle = {d.name: model.site(d.handle_site).id for d in drawers}
         self._body = {name: model.body(name).id for name in self.specs}
         self._qadr = {name: model.jnt_qposadr[model.body_jntadr[self._body[name]]] for name in self.specs}
         self._dadr = {name: model.jnt_dofadr[model.body_jntadr[self._body[name]]] for name in self.specs}
@@ -79,6 +83,20 @@ class SimView:
 
     def set_zone(self, name: str, x: float, y: float) -> None:
         self.data.mocap_pos[self._zone_mocap[name]] = [x, y, 0.0]
+
+    # -- drawers ------------------------------------------------------------------------------------
+    def drawer_opening(self, name: str) -> float:
+        """How far (m) the drawer is pulled out, 0 = closed."""
+        return float(self.data.qpos[self._drawer_qadr[name]])
+
+    def handle_pos(self, name: str) -> np.ndarray:
+        """(3,) world position of the drawer handle bar's centre."""
+        return self.data.site_xpos[self._drawer_handle[name]].copy()
+
+    def set_drawer(self, name: str, x: float, y: float) -> None:
+        """Place the cabinet (reset only; the drawer itself starts closed)."""
+        self.data.mocap_pos[self._drawer_mocap[name]] = [x, y, self.drawers[name].half[2]]
+        self.data.qpos[self._drawer_qadr[name]] = 0.0
 
     # -- contacts -----------------------------------------------------------------------------------
     def _pairs(self) -> set[tuple[int, int]]:

@@ -68,10 +68,12 @@ class CogACTPolicy(VLMBase):
         noise: optional (B, H, A) initial noise (else drawn from the policy's seeded generator)."""
         key = unnorm_key if unnorm_key is not None else self.unnorm_key
         stats = action_stats(self.config.norm_stats, key)
-        cognition = self.cognition_feature(self.process(self.parse(obs)))  # (B, D)
-        normalized = self.sample_actions(cognition, noise)
-        self.runner.end_step()
-        return unnormalize_actions(normalized.float().cpu().numpy(), stats)
+        with self.timed_call():  # one inference call (vla_accel.timing)
+            cognition = self.cognition_feature(self.process(self.parse(obs)))  # (B, D)
+            with self.timer.stage("action_head"):
+                normalized = self.sample_actions(cognition, noise).float().cpu()
+            self.runner.end_step()
+        return unnormalize_actions(normalized.numpy(), stats)
 
     @torch.no_grad()
     def predict_action(self, image, instruction: str, unnorm_key: str | None = None,

@@ -25,6 +25,7 @@ from vla_accel.policies.common.vision import VisionBackbone
 from vla_accel.policies.common.vlm_config import VLMConfig
 from vla_accel.policies.llm_runner import HFRunner, PrefillResult
 from vla_accel.policies.openvla.processor_openvla import ProcessedInputs, VLAProcessor
+from vla_accel.timing import StageTimer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -59,6 +60,21 @@ class VLMBase(nn.Module):
         self.language_model = build_llama(llm_cfg, config.attn_implementation)
         self.runner = runner if runner is not None else HFRunner()
         self.unnorm_key: str | None = None
+        # Per-stage timing of each inference call (vla_accel.timing): vision, prefill, decode, action_head.
+        self.timer = StageTimer()
+        self.last_prompt_tokens = 0  # T of the last prefill (for the FLOPs count, vla_accel.call_accounting)
+        self.last_batch_size = 0
+
+    # --- timing -------------------------------------------------------------------------------
+    @property
+    def last_timing(self) -> dict[str, float]:
+        """{stage: ms} of the last inference call (vision, prefill, decode / action_head, total)."""
+        return dict(self.timer.last)
+
+    def timed_call(self):
+        """Context of one inference call (CUDA-synchronised stage boundaries when the model is on CUDA)."""
+        self.timer.cuda = self.device.type == "cuda"
+        return self.timer.call()
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
@@ -107,9 +123,13 @@ class VLMBase(nn.Module):
 
     def prefill(self, inputs: ProcessedInputs, suffix_ids: list[list[int]] | None = None) -> PrefillResult:
         batch = self.prompt_batch(inputs, suffix_ids)
-        embeds = self.embed(batch, self.encode_images(inputs.pixel_values))
-        return self.runner.prefill(self.language_model, embeds, batch.attention_mask,
-                                   batch.visual_start, batch.num_visual, batch.text_mask)
+        with self.timer.stage("vision"):
+            visual = self.encode_images(inputs.pixel_values)
+        embeds = self.embed(batch, visual)  # (B, T, D)
+        self.last_batch_size, self.last_prompt_tokens = embeds.shape[0], embeds.shape[1]
+        with self.timer.stage("prefill"):
+            return self.runner.prefill(self.language_model, embeds, batch.attention_mask,
+                                       batch.visual_start, batch.num_visual, batch.text_mask)
 
     # --- checkpoints --------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> None:

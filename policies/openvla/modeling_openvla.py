@@ -69,9 +69,10 @@ class OpenVLAPolicy(VLMBase):
     def _predict(self, parsed: ParsedObs, unnorm_key: str | None = None) -> np.ndarray:
         key = unnorm_key if unnorm_key is not None else self.unnorm_key
         stats = action_stats(self.config.norm_stats, key)  # fail early on a bad key
-        tokens = self.generate_action_tokens(self.process(parsed))  # (B, A)
-        normalized = self.action_tokenizer.decode(tokens.cpu().numpy())
-        self.runner.end_step()
+        with self.timed_call():  # one inference call (vla_accel.timing)
+            tokens = self.generate_action_tokens(self.process(parsed))  # (B, A)
+            normalized = self.action_tokenizer.decode(tokens.cpu().numpy())
+            self.runner.end_step()
         return unnormalize_actions(normalized, stats)
 
     def generate_action_tokens(self, inputs: ProcessedInputs) -> torch.Tensor:
@@ -81,14 +82,15 @@ class OpenVLAPolicy(VLMBase):
         logits, position = result.logits, result.next_position  # (B, V), (B,)
         embed = self.language_model.get_input_embeddings()
         tokens = []
-        for k in range(self.config.action_dim):
-            token = logits[:, lo:hi].argmax(dim=-1) + lo  # (B,) restricted to the action ids
-            tokens.append(token)
-            if k + 1 < self.config.action_dim:
-                logits, _ = self.runner.decode_one_token(
-                    self.language_model, embed(token)[:, None], result.cache, position[:, None])
-                position = position + 1
-        return torch.stack(tokens, dim=1)
+        with self.timer.stage("decode"):
+            for k in range(self.config.action_dim):
+                token = logits[:, lo:hi].argmax(dim=-1) + lo  # (B,) restricted to the action ids
+                tokens.append(token)
+                if k + 1 < self.config.action_dim:
+                    logits, _ = self.runner.decode_one_token(
+                        self.language_model, embed(token)[:, None], result.cache, position[:, None])
+                    position = position + 1
+            return torch.stack(tokens, dim=1)
 
     # --- training -----------------------------------------------------------------------------
     def action_token_loss(self, inputs: ProcessedInputs, action_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from vla_accel.envs import make_env
 from vla_accel.envs.tabletop import SUITES, list_tasks
 from vla_accel.envs.tabletop.goals import Lift
@@ -143,3 +142,20 @@ def test_expert_succeeds_on_95_percent_of_all_init_states(suite, noise):
         finally:
             env.close()
         assert sum(results) >= 48, f"{suite}/{task.task_id}: {sum(results)}/50 (noise {noise})"
+
+
+def test_drawer_starts_closed_and_stays_open_once_pulled():
+    env = make_env("goal", 9, render_images=False)  # open the drawer
+    try:
+        sim = env.unwrapped.sim
+        for i in (0, 21):
+            env.reset(options={"init_state_id": i})
+            assert sim.drawer_opening("drawer") == 0.0
+        success, _ = run_expert(env, 21)
+        assert success
+        # Let go and move away: the drawer has friction, it stays open.
+        for _ in range(20):
+            _, _, _, _, info = env.step(np.array([0, 0, 1, 0, 0, 0, -0.3]))
+        assert sim.drawer_opening("drawer") >= 0.08 and info["is_success"]
+    finally:
+        env.close()

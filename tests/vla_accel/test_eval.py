@@ -62,7 +62,7 @@ def test_evaluate_writes_eval_info_in_the_interface_shape(fake_envs, tmp_path):
     info = evaluate(cfg, tmp_path)
     on_disk = json.loads((tmp_path / "eval_info.json").read_text())
     assert on_disk == json.loads(json.dumps(info))
-    assert set(on_disk) == {"per_episode", "per_task", "per_group", "overall", "config"}
+    assert set(on_disk) == {"per_episode", "per_task", "per_group", "overall", "config", "timing"}
 
     eps = on_disk["per_episode"]
     assert len(eps) == N_TASKS * 4
@@ -91,7 +91,9 @@ def test_evaluate_writes_eval_info_in_the_interface_shape(fake_envs, tmp_path):
     assert overall["video_paths"] == []
     assert on_disk["config"]["eval"]["n_episodes"] == 4 and on_disk["config"]["policy"]["type"] == "expert"
 
-    assert read_episode_log(tmp_path / "eval_episodes.jsonl") == eps
+    logged = read_episode_log(tmp_path / "eval_episodes.jsonl")
+    assert [{k: v for k, v in r.items() if k != "calls"} for r in logged] == eps
+    assert [len(r["calls"]) for r in logged] == [e["n_calls"] for e in eps] == [e["n_steps"] for e in eps]
 
 
 def test_evaluate_several_suites_gives_per_group(fake_envs, tmp_path):

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-
 from vla_accel.envs.tabletop.goals import Goal
 from vla_accel.envs.tabletop.layout import Layout
-from vla_accel.envs.tabletop.objects import ObjectSpec, Zone
+from vla_accel.envs.tabletop.objects import Drawer, ObjectSpec, Zone
 
 
 class TaskInfo(NamedTuple):
@@ -33,6 +32,7 @@ class Task:
     goals: tuple[Goal, ...]  # all must hold at once for success; the expert does them in order
     max_steps: int
     zones: tuple[Zone, ...] = ()
+    drawers: tuple[Drawer, ...] = ()
 
     @property
     def info(self) -> TaskInfo:

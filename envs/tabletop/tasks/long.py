@@ -1,11 +1,14 @@
-"""`long` suite (LIBERO-10's idea): two-stage tasks; success needs both goals to hold at once."""
+"""`long` suite (LIBERO-10's idea): two-stage tasks; success needs both goals to hold at once.
+
+Layouts are drawn at random per init state (destinations first); the one task with the drawer keeps
+its cabinet at the back right (jittered) and the other objects clear of the drawer's path.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-
 from vla_accel.envs.tabletop import objects as O
-from vla_accel.envs.tabletop.goals import Goal, PlaceIn, PlaceOn, Stack
+from vla_accel.envs.tabletop.goals import Goal, OpenDrawer, PlaceIn, PlaceOn, Stack
 from vla_accel.envs.tabletop.layout import Item, Layout, place_items
 from vla_accel.envs.tabletop.tasks.base import MAX_STEPS_TWO_STAGES, Task, slug
 
@@ -44,15 +47,23 @@ _SPECS: list[tuple[str, tuple[Goal, Goal]]] = [
      (PlaceOn("blue_cube", "plate"), PlaceIn("green_cylinder", "bowl"))),
     ("stack the blue cube on the red cube and put the yellow cylinder on the plate",
      (Stack("blue_cube", "red_cube"), PlaceOn("yellow_cylinder", "plate"))),
-    ("put the red cube in the basket and put the green cylinder in the bowl",
-     (PlaceIn("red_cube", "basket"), PlaceIn("green_cylinder", "bowl"))),
+    ("open the drawer and put the red cube in the bowl",
+     (OpenDrawer("drawer"), PlaceIn("red_cube", "bowl"))),
 ]
+
+# Where the cabinet stands when a task has the drawer (back right, jittered), and the circles
+# (centre, radius) that objects keep clear of: the cabinet and the path of the drawer pulled out.
+DRAWER_NOMINAL = (-0.27, 0.13)
+DRAWER_JITTER = 0.015
+_DRAWER_KEEP_OUT = ((np.array([-0.27, 0.13]), 0.15), (np.array([-0.13, 0.13]), 0.14))
 
 
 def _objects_for(goals: tuple[Goal, Goal]) -> tuple[O.ObjectSpec, ...]:
     """The goals' objects and destinations, plus one distractor so there is always a choice."""
     names: list[str] = []
     for g in goals:
+        if isinstance(g, OpenDrawer):
+            continue
         for n in (g.obj, getattr(g, "container", None), getattr(g, "support", None), getattr(g, "base", None)):
             if n and n not in names:
                 names.append(n)
@@ -62,10 +73,15 @@ def _objects_for(goals: tuple[Goal, Goal]) -> tuple[O.ObjectSpec, ...]:
     return tuple(_ALL[n] for n in names)
 
 
-def _layout(objects: tuple[O.ObjectSpec, ...]):
+def _layout(objects: tuple[O.ObjectSpec, ...], with_drawer: bool):
     def sample(rng: np.random.Generator) -> Layout:
         items = [Item(o.name, o.footprint_radius, yaw=not isinstance(o, (O.Cylinder, O.Plate))) for o in objects]
-        return place_items(rng, items, gap=0.03)
+        if not with_drawer:
+            return place_items(rng, items, gap=0.03)
+        layout = place_items(rng, items, gap=0.03, avoid=list(_DRAWER_KEEP_OUT))
+        dx, dy = rng.uniform(-DRAWER_JITTER, DRAWER_JITTER, size=2)
+        layout.drawers["drawer"] = (DRAWER_NOMINAL[0] + float(dx), DRAWER_NOMINAL[1] + float(dy))
+        return layout
 
     return sample
 
@@ -74,5 +90,11 @@ def tasks() -> list[Task]:
     out = []
     for task_id, (text, goals) in enumerate(_SPECS):
         objects = _objects_for(goals)
-        out.append(Task(SUITE, task_id, slug(text), text, objects, _layout(objects), goals, MAX_STEPS_TWO_STAGES))
+        drawers = (O.Drawer("drawer"),) if any(isinstance(g, OpenDrawer) for g in goals) else ()
+        out.append(
+            Task(
+                SUITE, task_id, slug(text), text, objects, _layout(objects, bool(drawers)), goals,
+                MAX_STEPS_TWO_STAGES, drawers=drawers,
+            )
+        )
     return out

@@ -6,7 +6,6 @@ per task; every init state scatters them (and the basket) anew.
 from __future__ import annotations
 
 import numpy as np
-
 from vla_accel.envs.tabletop import objects as O
 from vla_accel.envs.tabletop.goals import PlaceIn
 from vla_accel.envs.tabletop.layout import Item, Layout, place_items

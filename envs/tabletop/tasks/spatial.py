@@ -12,10 +12,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-
 from vla_accel.envs.tabletop import objects as O
 from vla_accel.envs.tabletop.goals import PlaceIn, PlaceOn
-from vla_accel.envs.tabletop.layout import TABLE_REGION, Item, Layout, around, distance, place_items
+from vla_accel.envs.tabletop.layout import (
+    TABLE_REGION,
+    Item,
+    Layout,
+    around,
+    distance,
+    place_items,
+)
 from vla_accel.envs.tabletop.tasks.base import MAX_STEPS_ONE_STAGE, Task, slug
 
 SUITE = "spatial"

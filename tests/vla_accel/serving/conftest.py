@@ -1,0 +1,42 @@
+"""Fixtures for the serving tests: tiny accelerated policies behind a real server on 127.0.0.1:0."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/vla_accel: tiny_policies
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny models are slower with threads on a shared 2-core machine
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.fixture(scope="module")
+def pruned_openvla(torch_one_thread):
+    """Tiny OpenVLA-style policy with VLA-Pruner (temporal action-attention history), 50% of tokens."""
+    from tiny_policies import tiny_openvla
+
+    from vla_accel.accelerate import accelerate
+
+    return accelerate(tiny_openvla(), "vla_pruner", keep_ratio=0.5, prune_layer=2,
+                      params={"window": 2, "action_layer": 1})
+
+
+@pytest.fixture(scope="module")
+def server(pruned_openvla):
+    from vla_accel.serving.server import PolicyServer, ServeConfig
+
+    srv = PolicyServer(pruned_openvla, ServeConfig(port=0, max_message_bytes=64 * 1024,
+                                                   transport_max_bytes=256 * 1024, max_instruction_chars=200))
+    srv.start_in_thread()
+    yield srv
+    srv.stop()
