@@ -1,12 +1,15 @@
 """`vla-accel collect`: scripted-expert demonstrations with noise injection, saved as HDF5.
 
-Each rollout starts from one of the task's fixed init states. The executed action is
+Each rollout starts from a training layout of the task (`collect.init_split=train`, the default:
+layouts drawn from the task's distribution but disjoint from its 50 evaluation init states, so that an
+evaluation never replays a scene the policy was trained on), or from the eval init states themselves. The executed action is
 clip(expert + N(0, noise_std^2), -1, 1) so that the data shows recoveries from small errors (DART-style
 noise injection); the stored label `actions` is the expert's clean action for the observed state.
 """
 
 from __future__ import annotations
 
+import logging
 import shlex
 import sys
 import zlib
@@ -25,15 +28,20 @@ from vla_accel.policies.expert import make_expert_policy
 from vla_accel.stats import format_rate, success_metrics
 from vla_accel.task_selection import env_kwargs, resolve_suites, resolve_tasks
 
+log = logging.getLogger(__name__)
+
 
 def record_rollout(env, expert, *, init_state_id: int, seed: int, noise_std: float,
-                   rng: np.random.Generator, max_steps: int | None = None) -> dict:
+                   rng: np.random.Generator, max_steps: int | None = None, split: str = "eval") -> dict:
     """One noisy expert rollout. Returns the arrays of the demo layout plus `success`.
 
     obs[t] is the observation the label actions[t] answers; executed_actions[t] is what was sent.
     """
     expert.reset()
-    obs, _ = env.reset(seed=seed, options={"init_state_id": int(init_state_id)})
+    options = {"init_state_id": int(init_state_id)}
+    if split != "eval":
+        options["split"] = split  # only suites with a training split know this option
+    obs, _ = env.reset(seed=seed, options=options)
     steps = {k: [] for k in ("agentview_image", "wrist_image", "state", "actions",
                              "executed_actions", "rewards", "dones")}
     success = False
@@ -83,6 +91,8 @@ def _check_collect_cfg(ccfg) -> None:
         raise ValueError(f"collect.n_init_states must be a positive integer, got {ccfg.n_init_states!r}")
     if float(ccfg.noise_std) < 0:
         raise ValueError(f"collect.noise_std must be >= 0, got {ccfg.noise_std}")
+    if ccfg.init_split not in ("train", "eval"):
+        raise ValueError(f"collect.init_split must be 'train' or 'eval', got {ccfg.init_split!r}")
     if ccfg.max_steps is not None and (not isinstance(ccfg.max_steps, int) or ccfg.max_steps < 1):
         raise ValueError(f"collect.max_steps must be null or a positive integer, got {ccfg.max_steps!r}")
 
@@ -99,6 +109,10 @@ def collect_suite(cfg: DictConfig, suite: str, out: Path, command: str) -> list[
     tasks = resolve_tasks(suite, cfg.env.task_ids)
     kwargs = env_kwargs(cfg.env)
     env_args = {"suite": suite, "task_ids": [t.task_id for t in tasks], **kwargs}
+    split = ccfg.init_split
+    if split == "train" and suite not in envs.TABLETOP_SUITES:
+        log.warning("suite %r has no training split of init states: collecting on its eval init states", suite)
+        split = "eval"
     tallies = []
     with DemoWriter(out, suite=suite, env_args=env_args, command=command,
                     overwrite=bool(ccfg.overwrite), compression=ccfg.compression,
@@ -113,18 +127,20 @@ def collect_suite(cfg: DictConfig, suite: str, out: Path, command: str) -> list[
                 try:
                     expert = make_expert_policy(None, env)
                     for i in range(ccfg.n_demos_per_task):
-                        init_state_id = i % ccfg.n_init_states
+                        # train split: layout i of an unbounded stream disjoint from the eval states
+                        init_state_id = i if split == "train" else i % ccfg.n_init_states
                         rng = np.random.default_rng([int(ccfg.seed), zlib.crc32(suite.encode()),
                                                      task.task_id, i])
                         demo = record_rollout(env, expert, init_state_id=init_state_id,
                                               seed=int(ccfg.seed) + i, noise_std=float(ccfg.noise_std),
-                                              rng=rng, max_steps=ccfg.max_steps)
+                                              rng=rng, max_steps=ccfg.max_steps, split=split)
                         success = demo.pop("success")
                         tally.outcomes.append(success)
                         if success or ccfg.keep_failures:
                             writer.add_demo(**demo, instruction=task.instruction, task=task.name,
                                             task_id=task.task_id, suite=suite,
-                                            init_state_id=init_state_id, success=success,
+                                            init_state_id=init_state_id, init_split=split,
+                                            success=success,
                                             noise_std=float(ccfg.noise_std))
                             tally.kept_lengths.append(len(demo["actions"]))
                         done = [o for t in tallies for o in t.outcomes]

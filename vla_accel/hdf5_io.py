@@ -90,7 +90,7 @@ class DemoWriter:
 
     def add_demo(self, *, agentview_image, wrist_image, state, actions, executed_actions, rewards,
                  dones, instruction: str, task: str, task_id: int, suite: str, init_state_id: int,
-                 success: bool, noise_std: float) -> str:
+                 success: bool, noise_std: float, init_split: str = "eval") -> str:
         """Append one demo as data/demo_<n>; returns its name. Arrays are checked against the layout."""
         arrays = _as_layout(agentview_image=agentview_image, wrist_image=wrist_image, state=state,
                             actions=actions, executed_actions=executed_actions, rewards=rewards,
@@ -110,7 +110,7 @@ class DemoWriter:
         t = int(arrays["actions"].shape[0])
         grp.attrs.update({"num_samples": t, "instruction": instruction, "task": task,
                           "task_id": int(task_id), "suite": suite, "init_state_id": int(init_state_id),
-                          "success": bool(success), "noise_std": float(noise_std)})
+                          "init_split": init_split, "success": bool(success), "noise_std": float(noise_std)})
         self.n_demos += 1
         self.total += t
         return name

@@ -33,7 +33,7 @@ import numpy as np
 from gymnasium import spaces
 from vla_accel.envs.tabletop.control import POS_SCALE, ROT_SCALE
 from vla_accel.envs.tabletop.goals import all_satisfied
-from vla_accel.envs.tabletop.layout import NUM_INIT_STATES, init_state_seed
+from vla_accel.envs.tabletop.layout import INIT_SPLITS, NUM_INIT_STATES, init_state_seed
 from vla_accel.envs.tabletop.scene import (
     FINGER_OPEN,
     GRIPPER_HOME,
@@ -130,6 +130,7 @@ class TabletopEnv(gym.Env):
         self.instruction = self.task.instruction
         self.max_steps = self.task.max_steps
         self.init_state_id = 0
+        self.init_split = "eval"
         self._steps = -1  # -1 until the first reset()
         self._target_pos = GRIPPER_HOME.copy()
         self._target_quat = np.array([1.0, 0.0, 0.0, 0.0])
@@ -138,17 +139,25 @@ class TabletopEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         options = options or {}
-        unknown = set(options) - {"init_state_id"}
+        unknown = set(options) - {"init_state_id", "split"}
         if unknown:
-            raise ValueError(f"unknown reset options {sorted(unknown)}; valid: ['init_state_id']")
+            raise ValueError(f"unknown reset options {sorted(unknown)}; valid: ['init_state_id', 'split']")
+        split = options.get("split", "eval")
+        if split not in INIT_SPLITS:
+            raise ValueError(f"split must be one of {list(INIT_SPLITS)}, got {split!r}")
+        # eval: the task's 50 fixed init states; train: any index >= 0, layouts disjoint from eval's.
+        n_valid = NUM_INIT_STATES if split == "eval" else None
         if options.get("init_state_id") is None:
             index = int(self.np_random.integers(NUM_INIT_STATES))
         else:
             index = options["init_state_id"]
-            if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not 0 <= index < NUM_INIT_STATES:
-                raise ValueError(f"init_state_id must be an integer in 0..{NUM_INIT_STATES - 1}, got {index!r}")
+            valid = isinstance(index, numbers.Integral) and not isinstance(index, bool) and index >= 0
+            if not valid or (n_valid is not None and index >= n_valid):
+                bound = f"0..{n_valid - 1}" if n_valid is not None else ">= 0"
+                raise ValueError(f"init_state_id must be an integer in {bound} for split {split!r}, got {index!r}")
         self.init_state_id = int(index)
-        self._apply_init_state(self.init_state_id)
+        self.init_split = split
+        self._apply_init_state(self.init_state_id, split)
         self._steps = 0
         return self._observation(), self._info(False)
 
@@ -203,8 +212,8 @@ class TabletopEnv(gym.Env):
             raise ValueError(f"action holds NaN or inf: {a.tolist()}")
         return np.clip(a, -1.0, 1.0)
 
-    def _apply_init_state(self, index: int) -> None:
-        rng = np.random.default_rng(init_state_seed(self.suite, self.task_id, index))
+    def _apply_init_state(self, index: int, split: str = "eval") -> None:
+        rng = np.random.default_rng(init_state_seed(self.suite, self.task_id, index, split))
         layout = self.task.sample_layout(rng)
         home = GRIPPER_HOME + rng.uniform(-HOME_JITTER, HOME_JITTER, size=3)
         mujoco.mj_resetData(self.model, self.data)

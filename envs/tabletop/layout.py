@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 NUM_INIT_STATES = 50
+INIT_SPLITS = ("eval", "train")  # reset(options={"split": ...}): evaluation states or training layouts
 
 # Where objects may stand (metres, table frame): in front of the gripper's home, inside both cameras.
 TABLE_REGION = (-0.22, 0.22, -0.30, 0.30)  # x_lo, x_hi, y_lo, y_hi
@@ -35,9 +36,15 @@ class Layout:
         return np.array(self.objects[name][:2])
 
 
-def init_state_seed(suite: str, task_id: int, index: int) -> int:
-    """A stable 64-bit seed for one init state (Python's hash() is salted per process, so not that)."""
-    digest = hashlib.sha256(f"vla_accel/tabletop/{suite}/{task_id}/{index}".encode()).digest()
+def init_state_seed(suite: str, task_id: int, index: int, split: str = "eval") -> int:
+    """A stable 64-bit seed for one init state (Python's hash() is salted per process, so not that).
+
+    split "eval" gives the task's 50 fixed evaluation init states; split "train" gives an unbounded
+    stream of other layouts from the same distribution, so that demonstrations never show a policy
+    the scenes it is evaluated on (LIBERO's demos and its evaluation init states are distinct too).
+    """
+    tag = "" if split == "eval" else f"/{split}"  # eval seeds stay those of the published 50 states
+    digest = hashlib.sha256(f"vla_accel/tabletop/{suite}/{task_id}/{index}{tag}".encode()).digest()
     return int.from_bytes(digest[:8], "little")
 
 

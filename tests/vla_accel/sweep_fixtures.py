@@ -62,7 +62,8 @@ def make_sweep_dir(root: Path, with_bench: bool = True) -> Path:
                     "latency_ms": {"total": {"p50": 50.0 / s, "p90": 60.0 / s, "mean": 70.0 / s}}}
 
         results = [result("none", "none", None, 1.0)]
-        results += [result(f"{name}@{keep:g}", name, keep, s) for (name, keep, *_), s in zip(table, (1.5, 2.0, 1.6, 2.2))]
+        speedups = (1.5, 2.0, 1.6, 2.2)
+        results += [result(f"{name}@{keep:g}", name, keep, s) for (name, keep, *_), s in zip(table, speedups)]
         results += [result("skip[2]", "layer_skip", None, 1.25), result("head_cache/2", "head_cache", None, 1.1)]
         (root / "bench.json").write_text(json.dumps({"command": "vla-accel bench ...", "results": results}))
     return root

@@ -63,7 +63,7 @@ def test_collect_keeps_successful_demos_in_the_interface_layout(fake_envs, tmp_p
         d = demos[0]
         assert d.attrs == {"num_samples": 3, "instruction": "push the spatial block 0 to the right",
                            "task": "spatial_task_0", "task_id": 0, "suite": "spatial", "init_state_id": 0,
-                           "success": True, "noise_std": 0.0}
+                           "init_split": "train", "success": True, "noise_std": 0.0}
         assert [x.attrs["init_state_id"] for x in demos][:3] == [0, 1, 2]
         assert len(demos.sample_index()) == demos.attrs["total"]
     with h5py.File(out) as f:

@@ -1,5 +1,3 @@
-import math
-
 import pytest
 
 from vla_accel.pareto import pareto_front

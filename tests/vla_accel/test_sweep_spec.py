@@ -57,11 +57,11 @@ def test_keep_ratios_are_not_needed_without_pruning_presets():
 
 
 def test_compose_reads_presets_and_overrides():
-    s, extra = sweep_run.compose_sweep([])
+    s, output_dir = sweep_run.compose_sweep([])
     assert s.methods == ("vla_pruner", "fastv") and s.keep_ratios == (0.25,) and s.bench
-    assert extra.output_dir is None
-    s, _ = sweep_run.compose_sweep(["sweep=budgets", "sweep.keep_ratios=[0.5]", "sweep.output_dir=/x"])
-    assert len(s.methods) == 5 and s.keep_ratios == (0.5,) and s.launcher == "joblib"
+    assert output_dir is None
+    s, output_dir = sweep_run.compose_sweep(["sweep=budgets", "sweep.keep_ratios=[0.5]", "sweep.output_dir=/x"])
+    assert len(s.methods) == 5 and s.keep_ratios == (0.5,) and s.launcher == "joblib" and output_dir == "/x"
     with pytest.raises(ValueError, match="sweep config"):
         sweep_run.compose_sweep(["sweep=nope"])
 
@@ -96,6 +96,7 @@ def launches(monkeypatch):
     (["env=spatail"], "Could not find 'env/spatail'"),
     (["env.task_ids=[99]"], "unknown task_id 99"),
     (["eval.n_episodes=0"], "n_episodes must be a positive integer"),
+    (["eval.control_hz=-1"], "control_hz must be null or a positive number"),
     (["policy=expert"], "no LLM to accelerate"),
     (["policy.path=/no/such/checkpoint"], "does not exist"),
     ([], "needs policy.path"),  # the main preset's tiny policy has no checkpoint of its own
@@ -159,8 +160,10 @@ def test_a_good_sweep_launches_one_multirun_per_block_then_the_bench(monkeypatch
     assert "hydra.launcher.n_jobs=2" in unpruned and "hydra.sweep.dir=out/unpruned" in unpruned
     assert "accel=vla_pruner,fastv" in pruned and "accel.keep_ratio=0.25" in pruned
     # the preset's overrides, then the command line's (which replaced the preset's policy)
-    assert pruned[5:11] == ["env=spatial", "env.image_size=32", "eval.n_episodes=2", "env.task_ids=[0]",
-                            "policy=openvla_tiny", f"policy.path={tmp_path}"]
+    i = pruned.index("env=spatial")
+    assert pruned[5:i] == ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    assert pruned[i:i + 6] == ["env=spatial", "env.image_size=32", "eval.n_episodes=2", "env.task_ids=[0]",
+                               "policy=openvla_tiny", f"policy.path={tmp_path}"]
     assert "bench.methods=[vla_pruner,fastv]" in bench and "bench.keep_ratios=[0.25]" in bench
     assert "bench.skip_layers=[]" in bench and "policy=openvla_tiny" in bench
     assert not any(a.startswith("eval.") for a in bench[4:]) and "bench.rounds=3" in bench
@@ -179,3 +182,9 @@ def test_sweep_point_overrides():
     assert SweepPoint("fastv", 0.125, (1, 2)).overrides() == [
         "accel=fastv", "accel.keep_ratio=0.125", "accel.skip_layers=[1,2]"]
     assert SweepPoint("none", None).overrides() == ["accel=none", "accel.skip_layers=[]"]
+
+
+def test_help_names_the_commands(capsys):
+    assert sweep_run.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "vla-accel sweep aggregate DIR" in out and "hydra/launcher=<basic|joblib|ray>" in out

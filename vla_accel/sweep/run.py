@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from rich.console import Console
 
 from vla_accel.sweep.spec import BASELINE, MultirunPart, SweepSpec
@@ -52,8 +52,8 @@ def split_args(args: list[str]) -> tuple[list[str], list[str], list[str]]:
     return sweep, other, bench
 
 
-def compose_sweep(sweep_args: list[str]) -> tuple[SweepSpec, DictConfig]:
-    """The SweepSpec of conf/sweep.yaml + overrides (ValueError on any bad value), and the raw node."""
+def compose_sweep(sweep_args: list[str]) -> tuple[SweepSpec, str | None]:
+    """(the SweepSpec of conf/sweep.yaml + overrides, sweep.output_dir); ValueError on any bad value."""
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
 
@@ -64,8 +64,7 @@ def compose_sweep(sweep_args: list[str]) -> tuple[SweepSpec, DictConfig]:
         raise ValueError(f"sweep config: {e}") from e
     node = OmegaConf.to_container(cfg.sweep, resolve=True)
     output_dir = node.pop("output_dir", None)
-    spec = SweepSpec.from_config(node)
-    return spec, OmegaConf.create({"output_dir": output_dir})
+    return SweepSpec.from_config(node), output_dir
 
 
 def merge_overrides(preset: tuple[str, ...] | list[str], cli: list[str]) -> list[str]:
@@ -93,7 +92,8 @@ def preflight(spec: SweepSpec, eval_args: list[str]) -> None:
                 cfg = compose(config_name="eval", overrides=[*job_args, *point.overrides()])
             except HydraException as e:
                 raise ValueError(f"eval config of {point.label!r}: {e}") from e
-            ev._check_eval_cfg(cfg.eval)
+            ev._check_eval_cfg(cfg.eval)  # what `vla-accel eval` itself checks first
+            ev.rollout_timing(cfg)
             ev.plan_episodes(cfg)  # unknown suite or task id -> ValueError listing the valid ones
             kind = policy_spec(cfg.policy)
             accel = ev.accel_config(cfg)
@@ -124,10 +124,11 @@ def launcher_overrides(spec: SweepSpec) -> list[str]:
 
 
 def eval_multirun_command(part: MultirunPart, spec: SweepSpec, eval_args: list[str], sweep_dir: Path) -> list[str]:
-    """`python -m vla_accel.cli eval -m <job overrides> <part's sweep> <launcher> hydra.sweep.dir=...`."""
-    return [sys.executable, "-m", "vla_accel.cli", "eval", "-m", *eval_args, *part.sweep_overrides,
-            *launcher_overrides(spec), f"hydra.sweep.dir={sweep_dir / part.name}",
-            f"hydra.sweep.subdir={part.subdir}", "eval.progress=false"]
+    """`python -m vla_accel.cli eval -m <launcher> <job overrides> <part's sweep> hydra.sweep.dir=...`
+    (the launcher first, so that a hydra.launcher.* override of the user's comes later and wins)."""
+    return [sys.executable, "-m", "vla_accel.cli", "eval", "-m", *launcher_overrides(spec), *eval_args,
+            *part.sweep_overrides, f"hydra.sweep.dir={sweep_dir / part.name}", f"hydra.sweep.subdir={part.subdir}",
+            "eval.progress=false"]
 
 
 def bench_command(spec: SweepSpec, eval_args: list[str], sweep_dir: Path) -> list[str] | None:
@@ -237,11 +238,11 @@ def main(argv: list[str]) -> int:
         if argv and argv[0] == "aggregate":
             return _aggregate_main(argv[1:])
         sweep_args, eval_args, bench_args = split_args(argv)
-        spec, extra = compose_sweep(sweep_args)
+        spec, output_dir = compose_sweep(sweep_args)
         # the command line's overrides join the preset's, and are checked with them
         spec = dataclasses.replace(spec, eval_overrides=tuple(merge_overrides(spec.eval_overrides, eval_args)),
                                    bench_overrides=tuple(merge_overrides(spec.bench_overrides, bench_args)))
-        sweep_dir = Path(extra.output_dir) if extra.output_dir else default_sweep_dir()
+        sweep_dir = Path(output_dir) if output_dir else default_sweep_dir()
         return run_sweep(spec, sweep_dir)
     except ValueError as e:
         print(f"vla-accel sweep: error: {e}", file=sys.stderr)
