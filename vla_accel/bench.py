@@ -46,7 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from vla_accel.timing import STAGES, _cuda_sync, summarize
+from vla_accel.timing import STAGES, cuda_sync, summarize
 
 BASELINE = "none"
 NO_KEEP_RATIO = ("vla_cache",)  # presets that do not prune to a budget
@@ -182,11 +182,11 @@ def _timed_inference(policy, obs: dict) -> dict:
 
     cuda = policy.device.type == "cuda"
     if cuda:
-        _cuda_sync()
+        cuda_sync()
     t0 = time.perf_counter()
     policy.predict_action_chunk(obs)
     if cuda:
-        _cuda_sync()
+        cuda_sync()
     wall = (time.perf_counter() - t0) * 1e3
     ms = {k: v for k, v in policy.last_timing.items() if k != "total"}
     ms["total"] = wall
@@ -288,7 +288,8 @@ def bench_table(results: list[dict], title: str = "bench") -> Table:
                       (head, "right"), ("total p50", "right"), ("total p90", "right"), ("speedup", "right"),
                       ("paired", "right"),
                       ("FLOPs ratio", "right"), ("ideal", "right"), ("achieved/ideal", "right")):
-        table.add_column(col + (" ms" if col in ("vision", "prefill", head) else ""), justify=just)
+        table.add_column(col + (" ms" if col in ("vision", "prefill", head) else ""), justify=just,
+                         min_width=max(len(r["name"]) for r in results) if col == "config" else None)
     for r in results:
         table.add_row(*_cells(r, head))
     return table
@@ -312,10 +313,10 @@ def bench_markdown(report: dict) -> str:
              f"- command: `{report['command']}`", f"- date: {report['date']}",
              f"- machine: {m['cpu']} ({m['cpu_count']} cores), {m['platform']}, device {m['device']}"
              + (f" ({m['gpu']})" if m.get("gpu") else "") + f", torch {m['torch']} with {m['torch_threads']} threads",
-             f"- {report['n_calls_per_config']} timed inference calls per config ({report['n_episodes']} episodes x "
-             f"{report['rounds']} rounds, after {report['warmup_rounds']} untimed rounds each), interleaved round-robin",
-             "- latency: p50 ms of time.perf_counter per stage; speedup = p50(total of none) / p50(total); "
-             "FLOPs ratio analytic (vla_accel.call_accounting), ideal = 1 / FLOPs ratio",
+             (f"- {report['n_calls_per_config']} timed inference calls per config ({report['n_episodes']} episodes x "
+              f"{report['rounds']} rounds, after {report['warmup_rounds']} untimed rounds each), interleaved round-robin"),
+             ("- latency: p50 ms of time.perf_counter per stage; speedup = p50(total of none) / p50(total); "
+              "FLOPs ratio analytic (vla_accel.call_accounting), ideal = 1 / FLOPs ratio"),
              "- paired = median over rounds of total(none) / total(config) in the same round", "",
              "| config | tokens kept | vision | prefill | " + head + " | total p50 | total p90 | speedup | "
              "paired | FLOPs ratio | ideal | achieved/ideal |",
@@ -369,9 +370,9 @@ def bench(cfg: DictConfig, output_dir: str | Path, console: Console | None = Non
                   f"{b.warmup_rounds} warm-up rounds each), torch threads {torch.get_num_threads()}")
     from tqdm import tqdm
 
-    with tqdm(total=n_rounds, desc="bench", unit="round", disable=not b.get("progress", True)) as bar:
-        with torch.no_grad():
-            measure(rows, policies, episodes, int(b.warmup_rounds), progress=lambda: bar.update(1))
+    with tqdm(total=n_rounds, desc="bench", unit="round", disable=not b.get("progress", True)) as bar, \
+            torch.no_grad():
+        measure(rows, policies, episodes, int(b.warmup_rounds), progress=lambda: bar.update(1))
     results = summarise(rows)
     report = {
         "policy": cfg.policy.get("path") or f"{cfg.policy.type} (random init, {_policy_name(cfg)})",
@@ -388,7 +389,7 @@ def bench(cfg: DictConfig, output_dir: str | Path, console: Console | None = Non
     (output_dir / "bench.md").write_text(bench_markdown(report))
     table = bench_table(results, title=f"bench: {report['policy']} on {report['machine']['device']}")
     # not a terminal (a log file): do not squeeze 11 columns into 80 characters
-    (console if console.is_terminal else Console(width=max(console.width, 150))).print(table)
+    (console if console.is_terminal else Console(width=max(console.width, 170))).print(table)
     console.print(f"results: {output_dir / 'bench.json'}, {output_dir / 'bench.md'}")
     return report
 

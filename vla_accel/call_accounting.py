@@ -68,9 +68,13 @@ def call_accounting(policy) -> dict:
     executed = range(shape.num_layers)
     prune_layer = None
     if accel is not None:
-        from vla_accel.accel_config import resolve_plan
+        runner = getattr(policy, "runner", None)
+        if callable(getattr(runner, "plan", None)):
+            plan = runner.plan(llm)  # resolved once per model (a ranking file is read once)
+        else:
+            from vla_accel.accel_config import resolve_plan
 
-        plan = resolve_plan(accel, shape.num_layers)
+            plan = resolve_plan(accel, shape.num_layers)
         executed, prune_layer = plan.executed, plan.prune_layer
     pruned = bool(getattr(stats, "pruned", False))
     n_after = int(getattr(stats, "num_tokens_after_pruning", T) or T) if pruned else T

@@ -66,7 +66,7 @@ class LatencyModel:
             raise ValueError(f"latency_model={self.kind} needs {what} >= 0, got {self.param!r}")
 
     @classmethod
-    def from_eval_cfg(cls, ecfg) -> "LatencyModel":
+    def from_eval_cfg(cls, ecfg) -> LatencyModel:
         kind = ecfg.get("latency_model", "measured")
         if kind == "fixed":
             return cls(kind, _number(ecfg.get("latency_ms"), "eval.latency_ms"))

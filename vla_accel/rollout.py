@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vla_accel.realtime import ActionScheduler, LatencyModel, hold_action
-from vla_accel.timing import _cuda_sync
+from vla_accel.timing import cuda_sync
 from vla_accel.video import side_by_side
 
 
@@ -79,11 +79,11 @@ def timed_call(policy, obs: dict, timing: RolloutTiming, step: int) -> tuple[np.
     cuda = bool(getattr(timer, "cuda", False))
     before = timer.n_calls if timer is not None else None
     if cuda:
-        _cuda_sync()
+        cuda_sync()
     t0 = time.perf_counter()
     action = policy.select_action(obs)
     if cuda:
-        _cuda_sync()
+        cuda_sync()
     wall_ms = (time.perf_counter() - t0) * 1e3
     if timer is not None and timer.n_calls == before:
         return action, None  # a queue pop: no inference ran

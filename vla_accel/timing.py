@@ -31,7 +31,7 @@ PERCENTILES = (50, 90, 99)
 _NULL = contextlib.nullcontext()
 
 
-def _cuda_sync() -> None:
+def cuda_sync() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -55,7 +55,7 @@ class StageTimer:
         self._clock = time.perf_counter
 
     @classmethod
-    def for_module(cls, module, enabled: bool = True) -> "StageTimer":
+    def for_module(cls, module, enabled: bool = True) -> StageTimer:
         try:
             device = next(module.parameters()).device
         except (StopIteration, AttributeError):
@@ -64,7 +64,7 @@ class StageTimer:
 
     def _now(self) -> float:
         if self.cuda:
-            _cuda_sync()
+            cuda_sync()
         return self._clock()
 
     @contextlib.contextmanager

@@ -14,7 +14,13 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from vla_accel.timing import STAGES, control_period_ms, count_deadline_misses, stage_summaries, summarize
+from vla_accel.timing import (
+    STAGES,
+    control_period_ms,
+    count_deadline_misses,
+    stage_summaries,
+    summarize,
+)
 
 
 def timing_block(episodes: list[dict], *, control_hz: float, latency_model: str,

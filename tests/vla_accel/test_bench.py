@@ -3,7 +3,7 @@ import json
 import pytest
 from fakes import compose_config, fake_envs  # noqa: F401  (fake_envs is a fixture)
 
-from vla_accel.bench import bench, bench_configs, build_policy
+from vla_accel.bench import bench
 
 
 def _bench_cfg(*overrides):

@@ -55,7 +55,7 @@ def test_chunked_policy_replays_its_chunk_then_holds_the_last_action_while_compu
     rec, actions = _run(policy, 70.0, steps=12)
     assert [c["step"] for c in rec.calls] == [0, 5, 10]
     np.testing.assert_array_equal(actions[:2], [HOLD] * 2)
-    chunk_and_pos = [(int(round(a[1] * 100)), int(round(a[2] * 100))) for a in actions[2:]]
+    chunk_and_pos = [(round(a[1] * 100), round(a[2] * 100)) for a in actions[2:]]
     assert chunk_and_pos == [(0, 0), (0, 1), (0, 2), (0, 3), (0, 3), (1, 0), (1, 1), (1, 2), (1, 3), (1, 3)]
     assert rec.n_stale_steps == 2 + 1 + 1
 

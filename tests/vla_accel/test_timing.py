@@ -9,7 +9,12 @@ from vla_accel.eval import evaluate
 from vla_accel.realtime import LatencyModel
 from vla_accel.results import read_episode_log
 from vla_accel.rollout import RolloutTiming, run_episode
-from vla_accel.timing import StageTimer, count_deadline_misses, stage_summaries, summarize
+from vla_accel.timing import (
+    StageTimer,
+    count_deadline_misses,
+    stage_summaries,
+    summarize,
+)
 from vla_accel.timing_report import timing_block, timing_table
 
 TIMING_KEYS = {"control_hz", "n_calls", "n_steps", "warmup_calls", "latency_model", "latency_param",
@@ -45,14 +50,12 @@ def test_stage_timer_records_stages_and_total_with_a_fake_clock():
 
 def test_nested_calls_count_once_and_a_disabled_timer_only_counts():
     timer = StageTimer()
-    with timer.call():
-        with timer.call():
-            pass
+    with timer.call(), timer.call():
+        pass
     assert timer.n_calls == 1
     off = StageTimer(enabled=False)
-    with off.call():
-        with off.stage("prefill"):
-            pass
+    with off.call(), off.stage("prefill"):
+        pass
     assert off.n_calls == 1 and off.last == {}
 
 
@@ -201,3 +204,16 @@ def test_vla_policies_time_their_stages_and_count_tokens_and_flops():
     assert [c["step"] for c in rec.calls] == [0, 8]
     assert set(rec.calls[0]["ms"]) == {"vision", "prefill", "action_head", "total"}
     assert rec.calls[0]["flops"]["action_head"] > 0 and "decode" not in rec.calls[0]["flops"]
+
+
+def test_a_cuda_timer_synchronises_at_every_boundary(monkeypatch):
+    from vla_accel import timing
+
+    syncs = []
+    monkeypatch.setattr(timing, "cuda_sync", lambda: syncs.append(1))
+    timer = StageTimer(cuda=True)
+    with timer.call(), timer.stage("prefill"):
+        pass
+    assert len(syncs) == 4  # call start, stage start, stage end, call end
+    StageTimer(cuda=False).call().__enter__()
+    assert len(syncs) == 4

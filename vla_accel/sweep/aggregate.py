@@ -13,12 +13,13 @@ Where speed numbers come from (design.md, "Honest measurement"):
 The FLOPs ratio is analytic (vla_accel.flops), so it is the same from either source.
 
 bench.json (vla_accel.bench), as read here: {"results": [{"name", "method", "keep_ratio",
-"latency_ms": {"total": {"p50", "p90", "mean"}, stage: ...}, "speedup", "flops_per_call", ...}], "machine",
-"command", "date", ...}. method is an accel preset, "none" (the plain policy), "layer_skip" (the plain
-policy with skipped layers: "skip_layers", or the layers in the name "skip[1, 2]") or "head_cache" (not
-a sweep point, ignored); speedup = p50 total latency of "none" / this config's. Hz from the bench =
-1000 / p50 total latency (the statistic its speedup uses, robust to a busy machine's outliers); from an
-eval job, its timing block's policy_hz (1000 / mean latency, docs/interfaces.md).
+"latency_ms": {"total": {"p50", "p90", "mean"}, stage: ...}, "speedup", "paired_speedup",
+"flops_per_call", ...}], "machine", "command", "date", ...}. method is an accel preset, "none" (the plain
+policy), "layer_skip" (the plain policy with skipped layers: "skip_layers", or the layers in the name
+"skip[1, 2]") or "head_cache" (not a sweep point, ignored). speedup = p50 total latency of "none" / this
+config's; paired_speedup (CSV only) = the median over rounds of the same round's ratio. Hz from the
+bench = 1000 / p50 total latency (the statistic its speedup uses, robust to a busy machine's outliers);
+from an eval job, its timing block's policy_hz (1000 / mean latency, docs/interfaces.md).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class SweepRow:
     policy_hz: float | None
     latency_p50_ms: float | None
     speedup: float | None
+    paired_speedup: float | None     # bench only: median over rounds of the same round's latency ratio
     speed_source: str | None         # INTERLEAVED or NOT_INTERLEAVED
     flops_ratio: float | None        # analytic FLOPs per call / the baseline's
     tokens_kept: float | None        # mean visual tokens kept per call
@@ -172,13 +174,13 @@ def aggregate(sweep_dir: str | Path, bench_path: str | Path | None = None) -> li
             speedup = entry.get("speedup")
             if speedup is None and base_bench is not None:  # both from the same interleaved run
                 speedup = _ratio(_mean(base_bench), _mean(entry))
-            source = INTERLEAVED
+            source, paired = INTERLEAVED, entry.get("paired_speedup")
             flops = entry.get("flops_per_call") or (timing or {}).get("flops_per_call")
             base_flops = (base_bench or {}).get("flops_per_call") or (base_timing or {}).get("flops_per_call")
         else:
             hz, p50 = _speed(timing)
             speedup = _ratio(hz, (base_timing or {}).get("policy_hz"))
-            source = NOT_INTERLEAVED if hz is not None else None
+            source, paired = (NOT_INTERLEAVED if hz is not None else None), None
             flops, base_flops = (timing or {}).get("flops_per_call"), (base_timing or {}).get("flops_per_call")
         if point == base_point:
             flops_ratio = 1.0 if _total_flops(flops) else None
@@ -191,7 +193,8 @@ def aggregate(sweep_dir: str | Path, bench_path: str | Path | None = None) -> li
             n_episodes=m["n_episodes"], n_success=m["n_success"], pc_success=m["pc_success"],
             ci95_lo=m["ci95"][0], ci95_hi=m["ci95"][1],
             relative_success=(m["pc_success"] / base_pc if same and base_pc else None),
-            same_episodes=same, policy_hz=hz, latency_p50_ms=p50, speedup=speedup, speed_source=source,
+            same_episodes=same, policy_hz=hz, latency_p50_ms=p50, speedup=speedup, paired_speedup=paired,
+            speed_source=source,
             flops_ratio=flops_ratio, tokens_kept=kept.get("mean"),
             deadline_misses=(timing or {}).get("deadline_misses"),
             deadline_miss_rate=(timing or {}).get("deadline_miss_rate"),
