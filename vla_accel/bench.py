@@ -60,6 +60,7 @@ class BenchConfig:
     method: str
     keep_ratio: float | None
     accel: object | None  # AccelConfig
+    skip_layers: list[int] | None = None  # layer-skip rows: the LLM layers skipped
     samples: list[dict] = field(default_factory=list)  # per timed call: {"ms": {...}, "flops", "tokens_kept"}
 
 
@@ -165,7 +166,8 @@ def bench_configs(cfg: DictConfig, policy) -> list[BenchConfig]:
             rows.append(BenchConfig(f"{method}@{r:g}", method, float(r), load_accel_config(method, keep_ratio=float(r))))
     for layers in b.get("skip_layers") or []:
         layers = [int(x) for x in layers]
-        rows.append(BenchConfig(f"skip{layers}", "layer_skip", None, load_accel_config("none", skip_layers=layers)))
+        rows.append(BenchConfig(f"skip{layers}", "layer_skip", None, load_accel_config("none", skip_layers=layers),
+                                skip_layers=layers))
     for n in b.get("head_cache_intervals") or []:
         if not hasattr(policy, "action_model"):
             raise ValueError("bench.head_cache_intervals needs a CogACT-style policy (a DiT action head)")
@@ -236,7 +238,8 @@ def summarise(rows: list[BenchConfig]) -> list[dict]:
         ideal = 1.0 / ratio if ratio else None
         kept = [x["tokens_kept"] for x in row.samples if x.get("tokens_kept") is not None]
         out.append({
-            "name": row.name, "method": row.method, "keep_ratio": row.keep_ratio, "n_calls": len(row.samples),
+            "name": row.name, "method": row.method, "keep_ratio": row.keep_ratio, "skip_layers": row.skip_layers,
+            "n_calls": len(row.samples),
             "latency_ms": stages, "speedup": speedup, "paired_speedup": paired, "flops_per_call": flops, "flops_ratio": ratio,
             "prefill_flops_ratio": flops["prefill"] / base_flops["prefill"] if flops and base_flops else None,
             "ideal_speedup": ideal, "achieved_over_ideal": speedup / ideal if ideal else None,

@@ -44,6 +44,9 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                         config_name="train"),
     "serve": Subcommand("vla_accel.serving.serve_cli:run",
                         "serve a policy over websocket+msgpack (openpi-style; GET /healthz)", config_name="serve"),
+    "calibrate": Subcommand("vla_accel.calibrate:run",
+                            "rank a VLA's LLM layers by importance (EfficientVLA); write the layer-skip ranking JSON",
+                            config_name="calibrate"),
     "sweep": Subcommand("vla_accel.sweep.run:main",
                         "methods x keep ratios (+ baseline) as eval multiruns, bench, CSV/Markdown/Pareto plots; "
                         "`sweep aggregate DIR`"),

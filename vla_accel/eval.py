@@ -6,7 +6,8 @@ block, at the end), videos/eval_episode_{n}.mp4.
 
 Timing keys (conf/eval/default.yaml): eval.control_hz (null = env.control_hz), eval.warmup_calls,
 eval.realtime, eval.latency_model (measured | fixed | scaled) with eval.latency_ms / eval.latency_scale,
-eval.hold_gripper; see vla_accel.realtime for the real-time rule.
+eval.hold_gripper; see vla_accel.realtime for the real-time rule. With several suites eval_info.json
+also holds `timing_per_group` ({suite: timing block}).
 """
 
 from __future__ import annotations
@@ -124,6 +125,19 @@ def accel_config(cfg: DictConfig):
     return None if config.is_off else config
 
 
+def select_unnorm_key(policy, suite: str, configured: str | None) -> None:
+    """A policy trained on several suites un-normalises with the statistics of the suite it now runs.
+
+    OpenVLA keys its dataset statistics by dataset (`unnorm_key`); our training keys them by suite. An
+    explicit `policy.unnorm_key` always wins; policies without statistics (the expert) are left alone.
+    """
+    if configured is not None or not hasattr(policy, "unnorm_key"):
+        return
+    stats = getattr(getattr(policy, "config", None), "norm_stats", None) or {}
+    if suite in stats:
+        policy.unnorm_key = suite
+
+
 def evaluate(cfg: DictConfig, output_dir: str | Path, console: Console | None = None) -> dict:
     """Run the evaluation that `cfg` (the composed `eval` app config) describes; return eval_info.
 
@@ -173,6 +187,7 @@ def evaluate(cfg: DictConfig, output_dir: str | Path, console: Console | None = 
                             policy = accelerate(policy, accel)
                         n_warmup += warm_up(env, policy, timing.warmup_calls,
                                             init_state_id=todo[0].init_state_id, seed=todo[0].seed)
+                    select_unnorm_key(policy, suite, cfg.policy.get("unnorm_key"))
                     for ep in todo:
                         rec = run_episode(env, policy, init_state_id=ep.init_state_id, seed=ep.seed,
                                           max_steps=ecfg.max_steps, record_video=ep.film,

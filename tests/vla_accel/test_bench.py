@@ -28,7 +28,7 @@ def test_bench_writes_a_table_with_the_expected_rows(fake_envs, tmp_path):
     # after 3 warm-up rounds VLA-Pruner prunes: 16 * 0.25 = 4 visual tokens kept, fewer FLOPs
     assert by["vla_pruner@0.25"]["tokens_kept"]["mean"] == 4 and by["fastv@0.25"]["tokens_kept"]["mean"] == 4
     assert by["fastv@0.25"]["flops_ratio"] < 1.0 and by["vla_cache"]["tokens_kept"]["of"] == 16
-    assert by["skip[2]"]["prefill_flops_ratio"] == pytest.approx(0.75)  # 3 of 4 equal layers run
+    assert by["skip[2]"]["prefill_flops_ratio"] == pytest.approx(0.75) and by["skip[2]"]["skip_layers"] == [2]  # 3 of 4 equal layers run
     r = by["fastv@0.25"]
     assert r["ideal_speedup"] == pytest.approx(1 / r["flops_ratio"])
     assert r["achieved_over_ideal"] == pytest.approx(r["speedup"] / r["ideal_speedup"])

@@ -83,10 +83,16 @@ def test_a_bench_json_of_another_shape_is_a_clear_error(tmp_path):
         aggregate(root)
 
 
-def test_two_jobs_of_one_configuration_raise(tmp_path):
+def test_a_configuration_run_twice_counts_once_on_the_same_episodes_and_raises_on_others(tmp_path):
     root = make_sweep_dir(tmp_path)
-    write_eval_info(root / "again", accel("fastv", 0.25), successes(1))
-    with pytest.raises(ValueError, match="two eval jobs of the configuration 'fastv@0.25'"):
+    # `eval -m accel=none,fastv accel.keep_ratio=0.5,0.25` runs `none` once per (meaningless) ratio
+    write_eval_info(root / "zz" / "none_again", {**accel("none"), "keep_ratio": 0.25}, successes(3))
+    with pytest.warns(UserWarning, match="'none' ran twice on the same episodes"):
+        rows = aggregate(root)
+    assert _by_config(rows)["none"].n_success == 8 and len(rows) == 5
+    other = [(s, t, k, seed + 1) for s, t, k, seed in EPISODES]
+    write_eval_info(root / "again", accel("fastv", 0.25), successes(1), episodes=other)
+    with pytest.raises(ValueError, match="two eval jobs of the configuration 'fastv@0.25' on different episodes"):
         aggregate(root)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -83,15 +84,23 @@ def _episode_keys(info: dict) -> list[tuple]:
 
 
 def find_eval_infos(sweep_dir: str | Path) -> dict[SweepPoint, tuple[Path, dict]]:
-    """{point: (job dir, eval_info)} for every eval_info.json under sweep_dir; two jobs of the same
-    configuration raise (which one would count?)."""
+    """{point: (job dir, eval_info)} for every eval_info.json under sweep_dir.
+
+    A configuration found twice on the same episodes (e.g. `vla-accel eval -m accel=none,fastv
+    accel.keep_ratio=0.5,0.25` runs `none` once per ratio, the ratio meaning nothing to it) counts once,
+    with a warning; twice on different episodes raises (which one would count?)."""
     found: dict[SweepPoint, tuple[Path, dict]] = {}
     for path in sorted(Path(sweep_dir).rglob(EVAL_INFO)):
         info = json.loads(path.read_text())
         point = point_of_config(info.get("config") or {})
         if point in found:
-            raise ValueError(f"two eval jobs of the configuration {point.label!r}: {found[point][0]} and "
-                             f"{path.parent}; keep one (remove the other directory)")
+            first_dir, first = found[point]
+            if _episode_keys(first) != _episode_keys(info):
+                raise ValueError(f"two eval jobs of the configuration {point.label!r} on different episodes: "
+                                 f"{first_dir} and {path.parent}; keep one (remove the other directory)")
+            warnings.warn(f"the configuration {point.label!r} ran twice on the same episodes; using {first_dir}, "
+                          f"not {path.parent}", stacklevel=2)
+            continue
         found[point] = (path.parent, info)
     return found
 

@@ -14,7 +14,15 @@ The scale-out is Hydra's own: each Cartesian block of the sweep (see SweepSpec.m
 `vla-accel eval -m accel=a,b accel.keep_ratio=... hydra/launcher=<basic|joblib|ray>` in a child
 process, so the launcher plugins (one process, joblib on this machine, Ray on a cluster) schedule the
 jobs; this module only composes the command lines and reads the results back. Nothing runs before the
-whole spec -- every job's composed eval config -- has been checked.
+whole spec -- every job's composed eval config -- has been checked. A child process rather than Hydra's
+multirun in this process: Hydra keeps per-process global state (GlobalHydra, HydraConfig), and the
+printed child command is exactly what a user can type. By hand, the same is
+
+    vla-accel eval -m policy=... accel=none,vla_pruner,fastv accel.keep_ratio=0.5,0.25 hydra/launcher=joblib
+    vla-accel bench policy=... bench.methods=[vla_pruner,fastv] bench.keep_ratios=[0.5,0.25]
+    vla-accel sweep aggregate multirun/eval/<date>/<time> --bench outputs/bench/<date>/<time>/bench.json
+
+(`none` then runs once per ratio; aggregate counts a configuration repeated on the same episodes once).
 """
 
 from __future__ import annotations
@@ -102,7 +110,8 @@ def preflight(spec: SweepSpec, eval_args: list[str]) -> None:
                                  "sweep a learned policy (policy=openvla_* / cogact_* with policy.path=...)")
             path = cfg.policy.get("path", "")
             if path is None and accel is not None:
-                raise ValueError(f"policy {cfg.policy.type!r} needs policy.path (a checkpoint directory)")
+                raise ValueError(f"policy {cfg.policy.type!r} needs policy.path (a checkpoint directory: "
+                                 "vla-accel sweep policy.path=DIR; train one with `vla-accel train`)")
             if path and not Path(str(path)).exists():
                 raise ValueError(f"policy.path={path!r} does not exist")
 
