@@ -50,7 +50,7 @@ def validate_action(action) -> np.ndarray:
             f"action must have shape ({ACTION_DIM},) = [dx, dy, dz, droll, dpitch, dyaw, gripper], got {a.shape}"
         )
     if not np.all(np.isfinite(a)):
-        raise ValueError(f"action must be finite, got {a.tolist()}")
+        raise ValueError(f"action must be finite: it holds NaN or inf: {a.tolist()}")
     return np.clip(a, -1.0, 1.0)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.resources
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -127,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     # Headless rendering by default; must be set before mujoco is first imported.
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    # PyOpenGL announces at INFO that its optional C accelerator is absent: noise in every run's log.
+    logging.getLogger("OpenGL.acceleratesupport").setLevel(logging.WARNING)
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:
         print(usage())

@@ -31,6 +31,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 from gymnasium import spaces
+from vla_accel.envs._interface import validate_action
 from vla_accel.envs.tabletop.control import POS_SCALE, ROT_SCALE
 from vla_accel.envs.tabletop.goals import all_satisfied
 from vla_accel.envs.tabletop.layout import INIT_SPLITS, NUM_INIT_STATES, init_state_seed
@@ -164,7 +165,7 @@ class TabletopEnv(gym.Env):
     def step(self, action):
         if self._steps < 0:
             raise RuntimeError("call reset() before step()")
-        a = self._validate_action(action)
+        a = validate_action(action).astype(np.float64)  # (7,), clipped; bad shape/NaN -> ValueError
         self._apply_action(a)
         self._steps += 1
         success = all_satisfied(self.task.goals, self.sim)
@@ -202,16 +203,6 @@ class TabletopEnv(gym.Env):
         return ScriptedExpert(self)
 
     # -- internals ----------------------------------------------------------------------------------
-    def _validate_action(self, action) -> np.ndarray:
-        a = np.asarray(action, dtype=np.float64)
-        if a.shape != (7,):
-            raise ValueError(
-                f"action must have shape (7,) = [dx, dy, dz, droll, dpitch, dyaw, gripper], got shape {a.shape}"
-            )
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"action holds NaN or inf: {a.tolist()}")
-        return np.clip(a, -1.0, 1.0)
-
     def _apply_init_state(self, index: int, split: str = "eval") -> None:
         rng = np.random.default_rng(init_state_seed(self.suite, self.task_id, index, split))
         layout = self.task.sample_layout(rng)
