@@ -133,6 +133,45 @@ def make_policy_for_training(cfg: DictConfig, dataset: DemoDataset):
     return cls.from_config(config, extra_texts=dataset.instructions)
 
 
+VLM_PREFIXES = ("vision_backbone.", "projector.", "language_model.")
+
+
+def init_vlm_from(policy, source: str | Path) -> int:
+    """Copy the VLM (vision backbone, projector, Llama) of another checkpoint of either type into
+    `policy`: OpenVLA and CogACT start from a trained VLM (Prismatic), not from scratch, and so can
+    ours. The source's tokens must keep their ids here; a CogACT source lacks the 256 action tokens
+    that an OpenVLA model appends, so only the shared rows of the embedding and LM head are copied
+    and the action-token rows keep their fresh init. Anything else that differs -> ValueError.
+    Returns the number of tensors copied."""
+    from vla_accel.policies.common.tokenizer import load_tokenizer
+    from vla_accel.policies.common.vlm import WEIGHTS_FILE
+
+    source = Path(source)
+    if not (source / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(f"train.init_vlm_from: no {WEIGHTS_FILE} in {source}")
+    src_vocab, own_vocab = load_tokenizer(source).get_vocab(), policy.tokenizer.get_vocab()
+    if any(own_vocab.get(tok) != i for tok, i in src_vocab.items()):
+        raise ValueError(f"train.init_vlm_from: {source} has another tokenizer vocabulary (other demos' "
+                         "instructions or bpe_vocab_size); train on the same data and config")
+    weights = {k: v for k, v in load_file(str(source / WEIGHTS_FILE)).items() if k.startswith(VLM_PREFIXES)}
+    own = {k: v for k, v in policy.state_dict().items() if k.startswith(VLM_PREFIXES)}
+    if weights.keys() != own.keys():
+        missing, extra = sorted(own.keys() - weights.keys()), sorted(weights.keys() - own.keys())
+        raise ValueError(f"train.init_vlm_from: VLM parameters differ from {source}: missing {missing[:3]}, "
+                         f"unexpected {extra[:3]}")
+    vocab_rows = {k for k in own if k.endswith(("embed_tokens.weight", "lm_head.weight"))}
+    bad = [k for k in own if own[k].shape != weights[k].shape
+           and not (k in vocab_rows and own[k].shape[1:] == weights[k].shape[1:]
+                    and weights[k].shape[0] <= own[k].shape[0])]
+    if bad:
+        raise ValueError(f"train.init_vlm_from: shapes differ from {source} at {bad[:3]} "
+                         f"({tuple(own[bad[0]].shape)} here, {tuple(weights[bad[0]].shape)} there)")
+    with torch.no_grad():
+        for k, v in own.items():
+            v[: weights[k].shape[0]].copy_(weights[k])
+    return len(own)
+
+
 def run_train(cfg: DictConfig) -> Path:
     """Train as `cfg` (the composed `train` config) says; returns the last checkpoint directory."""
     t = cfg.train
@@ -156,6 +195,9 @@ def run_train(cfg: DictConfig) -> Path:
     resume_from = checkpoint_dirs(out)[-1] if t.resume and checkpoint_dirs(out) else None
     policy = (policy_class(kind).from_pretrained(resume_from) if resume_from
               else make_policy_for_training(cfg, dataset))
+    if t.get("init_vlm_from") and not resume_from:
+        n = init_vlm_from(policy, t.init_vlm_from)
+        print(f"initialised {n} VLM tensors from {t.init_vlm_from}")
     policy.to(cfg.device).train()
     freeze = bool(t.freeze_vlm) and kind == "cogact"
     if freeze:

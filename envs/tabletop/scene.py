@@ -105,7 +105,7 @@ def build_scene_xml(spec: SceneSpec) -> str:
           contype="0" conaffinity="0"/>
     <geom name="table_leg" type="box" size="{tx - 0.05} {ty - 0.05} 0.36" pos="0 0 -0.42"
           rgba="0.40 0.30 0.22 1" contype="0" conaffinity="0"/>
-    <camera name="agentview" pos="0.78 0 0.58" xyaxes="0 1 0 -0.58 0 0.83" fovy="50"/>
+    <camera name="agentview" pos="0.40 0 0.80" xyaxes="0 1 0 -0.87 0 0.49" fovy="47"/>
     {_gripper_xml()}
     {zones}
     {drawers}

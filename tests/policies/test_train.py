@@ -100,3 +100,22 @@ def test_augmentations_keep_shape_and_are_seeded():
         assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
     with pytest.raises(ValueError, match="valid"):
         augment(x, "flip", torch.Generator())
+
+
+def test_init_vlm_from_a_cogact_checkpoint_copies_its_vlm_into_an_openvla_model(demos, tmp_path):
+    cog = run_train(train_cfg("cogact_tiny", demos, tmp_path / "cog", "train.steps=2", "train.save_every=2"))
+    ovla = run_train(train_cfg("openvla_tiny", demos, tmp_path / "ovla", "train.steps=1", "train.lr=0",
+                               f"train.init_vlm_from={cog}"))
+    a, b = load_file(str(cog / "model.safetensors")), load_file(str(ovla / "model.safetensors"))
+    vlm = [k for k in b if k.startswith(("vision_backbone.", "projector.", "language_model."))]
+    assert vlm and all(torch.equal(a[k], b[k][: len(a[k])]) for k in vlm)
+    # the OpenVLA model appends 256 action tokens that the CogACT vocabulary lacks
+    emb = "language_model.model.embed_tokens.weight"
+    assert len(b[emb]) == len(a[emb]) + 256
+
+
+def test_init_vlm_from_rejects_a_checkpoint_of_another_shape(demos, tmp_path):
+    ovla = run_train(train_cfg("openvla_tiny", demos, tmp_path / "a", "train.steps=1"))
+    with pytest.raises(ValueError, match="shapes differ|parameters differ"):
+        run_train(train_cfg("openvla_tiny", demos, tmp_path / "b", "train.steps=1", f"train.init_vlm_from={ovla}",
+                            "policy.model.llm.intermediate_size=40"))

@@ -43,3 +43,26 @@ def test_mismatched_fused_patch_grids_are_rejected():
         VisionBackbone([vit(), vit(patch_size=16)])
     with pytest.raises(ValueError, match="unknown act"):
         vit(act="relu")
+
+
+def test_conv_stem_gives_one_token_per_patch_and_keeps_patches_local():
+    torch.manual_seed(0)
+    enc = VisionBackbone([vit(stem="conv", stem_channels=[8, 16], depth=2)]).featurizer
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        tokens = enc.patch_embed(x)
+        x2 = x.clone()
+        x2[:, :, :8, :8] = 0.0  # the top-left patch only
+        tokens2 = enc.patch_embed(x2)
+    assert tokens.shape == (1, 16, 32)  # (32 / 8)^2 patches of width 32
+    changed = (tokens - tokens2).abs().amax(-1) > 1e-6
+    # GroupNorm normalises over the whole map, so a patch's change reaches every token a little;
+    # the top-left token must change most.
+    assert changed[0, 0] and (tokens - tokens2).abs().amax(-1).argmax() == 0
+
+
+def test_bad_stem_settings_are_rejected():
+    with pytest.raises(ValueError, match="unknown stem"):
+        vit(stem="resnet")
+    with pytest.raises(ValueError, match="multiple of 2"):
+        vit(stem="conv", patch_size=8, stem_channels=[8, 8, 8, 8])
