@@ -71,6 +71,43 @@ def compute_loss(policy, kind: str, inputs: ProcessedInputs, batch: Batch, freez
     return policy.diffusion_loss(inputs, batch.actions, freeze_vlm=freeze_vlm, generator=generator), {}
 
 
+# --- input probe -----------------------------------------------------------------------------------
+class InputProbe:
+    """Does the policy use its inputs? The loss on a fixed set of demo frames, as they are and with the
+    images (or the instructions) handed to other rows. A policy that has learnt to see gets a larger
+    loss on shuffled images; equal losses mean the action does not depend on them (a from-scratch VLM
+    can collapse to that within a few dozen steps). Same frames, timesteps and noise at every probe."""
+
+    def __init__(self, dataset: DemoDataset, size: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        idx = rng.choice(len(dataset), size=min(size, len(dataset)), replace=False)
+        self.batch = dataset.batch(idx)
+        # Hand each row the images of a row from another demo moment: a roll by half the probe.
+        perm = np.roll(np.arange(len(idx)), max(1, len(idx) // 2))
+        self.shuffled_images = Batch({c: v[perm] for c, v in self.batch.images.items()},
+                                     self.batch.instructions, self.batch.actions)
+        self.shuffled_instructions = Batch(self.batch.images, [self.batch.instructions[i] for i in perm],
+                                           self.batch.actions)
+        self.seed = seed
+
+    def loss(self, policy, kind: str, batch: Batch) -> float:
+        gen = torch.Generator().manual_seed(self.seed)
+        with torch.no_grad():
+            inputs = build_inputs(policy, batch, "none", gen, 1.0)
+            loss, _ = compute_loss(policy, kind, inputs, batch, False, gen)
+        return float(loss)
+
+    def __call__(self, policy, kind: str) -> dict:
+        was_training = policy.training
+        policy.eval()
+        try:
+            return {"probe_loss": self.loss(policy, kind, self.batch),
+                    "probe_loss_shuffled_images": self.loss(policy, kind, self.shuffled_images),
+                    "probe_loss_shuffled_instructions": self.loss(policy, kind, self.shuffled_instructions)}
+        finally:
+            policy.train(was_training)
+
+
 # --- checkpoints -----------------------------------------------------------------------------------
 def checkpoint_dirs(out: Path) -> list[Path]:
     ckpts = [p for p in (out / "checkpoints").glob("step_*") if (p / STATE_JSON).is_file()]
@@ -210,6 +247,7 @@ def run_train(cfg: DictConfig) -> Path:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, t.warmup_steps, t.steps, t.min_lr_ratio), last_epoch=step - 1)
 
+    probe = InputProbe(dataset, int(t.get("probe_size", 32)), t.seed) if t.get("probe_every") else None
     log = (out / "metrics.jsonl").open("a")
     bar = tqdm(total=t.steps, initial=step, desc=f"train {kind}", dynamic_ncols=True,
                disable=not t.progress)
@@ -228,10 +266,17 @@ def run_train(cfg: DictConfig) -> Path:
         step += 1
         loss_value = float(loss.detach())
         record = {"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0], **extra}
+        if probe is not None and step % int(t.probe_every) == 0:
+            record.update(probe(policy, kind))
+            image_gap = record["probe_loss_shuffled_images"] - record["probe_loss"]
+            bar.write(f"step {step}: probe loss {record['probe_loss']:.4f}, with shuffled images "
+                      f"{record['probe_loss_shuffled_images']:.4f} (gap {image_gap:+.4f}), with shuffled "
+                      f"instructions {record['probe_loss_shuffled_instructions']:.4f}")
         log.write(json.dumps(record) + "\n")
         bar.set_postfix(loss=f"{loss_value:.4f}", **{k: f"{v:.3f}" for k, v in extra.items()})
         bar.update(1)
         if step % t.save_every == 0 or step == t.steps:
+            log.flush()  # a killed run keeps every logged step up to its last checkpoint
             policy.eval()
             last = save_checkpoint(out, policy, optimizer, step, gens, t.keep_checkpoints)
             policy.train()

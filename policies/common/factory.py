@@ -29,17 +29,28 @@ def _device_dtype(cfg: Mapping[str, Any]) -> tuple[str, torch.dtype]:
     return device, DTYPES[name]
 
 
+# The shipped checkpoints (checkpoints/ beside vla_accel/ in the repository): a relative policy.path
+# that is not found from the working directory is looked up here, so that the presets work anywhere.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
 def _path(cfg: Mapping[str, Any], kind: str) -> str:
     """policy.path: a checkpoint directory, or a `vla-accel train` output_dir (its newest checkpoint)."""
     if not cfg.get("path"):
         raise ValueError(f"policy type {kind!r} needs policy.path: a checkpoint directory "
                          "(train one with `vla-accel train`)")
     path = Path(str(cfg["path"]))
+    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
+        path = REPO_ROOT / path
     if (path / "config.json").is_file():
         return str(path)
     ckpts = sorted((path / "checkpoints").glob("step_*"))
     if ckpts and (ckpts[-1] / "config.json").is_file():
         return str(ckpts[-1])
+    if not path.exists():
+        raise FileNotFoundError(f"policy.path {path} does not exist (relative paths are tried from the working "
+                                f"directory and from the repository root {REPO_ROOT}; the shipped "
+                                "checkpoints/ come with a source checkout, not with a wheel)")
     raise FileNotFoundError(f"policy.path {path} holds no config.json and no checkpoints/step_* directory")
 
 

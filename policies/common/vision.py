@@ -55,6 +55,10 @@ class ViTConfig:
     # (3x3 stride-2 convs with GroupNorm, then a patchifying conv): a ViT trained from scratch on a
     # few thousand frames localises small objects far sooner with it (Xiao et al. 2021, Octo 2024).
     stem: str = "patch"
+    # Apply the final LayerNorm `norm` to the patch features (timm's forward_features). OpenVLA does not
+    # (its pretrained features are well scaled); a ViT trained from scratch without it lets a constant
+    # offset grow in the residual stream until, after the LLM's RMSNorm, every image looks the same.
+    feature_norm: bool = False
     stem_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
 
     def __post_init__(self) -> None:
@@ -188,7 +192,7 @@ class ViTEncoder(nn.Module):
         n_pos = cfg.num_patches + (0 if cfg.no_embed_class else cfg.num_prefix_tokens)
         self.pos_embed = nn.Parameter(torch.randn(1, n_pos, d) * 0.02)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
-        # Kept so that checkpoints round-trip; not used for the patch features (as in OpenVLA).
+        # Used for the patch features only with cfg.feature_norm (OpenVLA: not used, kept for its keys).
         self.norm = nn.LayerNorm(d, eps=cfg.ln_eps)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
@@ -215,6 +219,8 @@ class ViTEncoder(nn.Module):
         x = self.embed(pixel_values)
         for block in self.blocks[: self.cfg.last_block + 1]:
             x = block(x)
+        if self.cfg.feature_norm:
+            x = self.norm(x)
         return x[:, self.cfg.num_prefix_tokens :]
 
 

@@ -27,8 +27,11 @@ def test_cogact_from_path_with_runtime_overrides(tmp_path):
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "step_0000010").symlink_to(tmp_path, target_is_directory=True)
     assert isinstance(make_policy(OmegaConf.merge(cfg, {"path": str(tmp_path / "run")}), env=None), CogACTPolicy)
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         make_policy(OmegaConf.merge(cfg, {"path": str(tmp_path / "nothing")}), env=None)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        make_policy(OmegaConf.merge(cfg, {"path": str(tmp_path / "empty")}), env=None)
     assert isinstance(policy, CogACTPolicy) and policy.dtype == torch.float32
     assert policy.config.n_action_steps == 4 and policy.config.use_ensemble
     policy.reset()
@@ -37,3 +40,14 @@ def test_cogact_from_path_with_runtime_overrides(tmp_path):
         make_policy(OmegaConf.merge(cfg, {"n_action_steps": 99}), env=None)
     with pytest.raises(ValueError, match="unknown dtype"):
         make_policy(OmegaConf.merge(cfg, {"dtype": "fp8"}), env=None)
+
+
+def test_a_relative_path_missing_here_is_looked_up_at_the_repository_root(tmp_path, monkeypatch):
+    from vla_accel.policies.common import factory
+
+    ckpt = tmp_path / "repo" / "checkpoints" / "tiny"
+    CogACTPolicy.from_config(CogACTConfig.from_dict(tiny_model_dict("cogact_tiny"))).save_pretrained(ckpt)
+    monkeypatch.setattr(factory, "REPO_ROOT", tmp_path / "repo")
+    monkeypatch.chdir(tmp_path)  # "checkpoints/tiny" does not exist from here
+    cfg = OmegaConf.merge(policy_yaml("cogact_tiny"), {"path": "checkpoints/tiny"})
+    assert isinstance(make_policy(cfg, env=None), CogACTPolicy)

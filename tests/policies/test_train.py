@@ -119,3 +119,25 @@ def test_init_vlm_from_rejects_a_checkpoint_of_another_shape(demos, tmp_path):
     with pytest.raises(ValueError, match="shapes differ|parameters differ"):
         run_train(train_cfg("openvla_tiny", demos, tmp_path / "b", "train.steps=1", f"train.init_vlm_from={ovla}",
                             "policy.model.llm.intermediate_size=40"))
+
+
+def test_input_probe_logs_real_and_shuffled_losses(demos, tmp_path):
+    from vla_accel.policies.train import InputProbe
+
+    run_train(train_cfg("openvla_tiny", demos, tmp_path, "train.steps=4", "train.probe_every=2",
+                        "train.probe_size=8"))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    probed = [r for r in records if "probe_loss" in r]
+    assert [r["step"] for r in probed] == [2, 4]
+    assert all(np.isfinite([r["probe_loss"], r["probe_loss_shuffled_images"],
+                            r["probe_loss_shuffled_instructions"]]).all() for r in probed)
+
+    dataset = DemoDataset([demos], ["agentview"], 1)
+    probe = InputProbe(dataset, 8, seed=0)
+    assert not torch.equal(probe.batch.images["agentview"], probe.shuffled_images.images["agentview"])
+    assert probe.batch.instructions != probe.shuffled_instructions.instructions
+    policy = policy_class("openvla").from_pretrained(tmp_path / "checkpoints" / "step_0000004")
+    first, again = probe(policy, "openvla"), probe(policy, "openvla")
+    assert first == again  # same frames and noise every time
+    # an untrained model's output still depends on the image, so the shuffled loss differs
+    assert first["probe_loss_shuffled_images"] != first["probe_loss"]

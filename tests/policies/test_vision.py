@@ -66,3 +66,14 @@ def test_bad_stem_settings_are_rejected():
         vit(stem="resnet")
     with pytest.raises(ValueError, match="multiple of 2"):
         vit(stem="conv", patch_size=8, stem_channels=[8, 8, 8, 8])
+
+
+def test_feature_norm_applies_the_final_layernorm_to_the_patch_features():
+    torch.manual_seed(0)
+    plain = VisionBackbone([vit(feature_layer=-1)])
+    normed = VisionBackbone([vit(feature_layer=-1, feature_norm=True)])
+    normed.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = plain.featurizer.norm(plain(x))
+        torch.testing.assert_close(normed(x), expected)
