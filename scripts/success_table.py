@@ -20,18 +20,19 @@ def cell(m: dict) -> str:
 def table(runs: dict[str, dict], per_task: bool = False) -> str:
     names = list(runs)
     lines = ["| suite | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    suites = list(dict.fromkeys(s for info in runs.values() for s in info["per_group"]))
-    for suite in suites:
-        lines.append(f"| {suite} | " + " | ".join(cell(runs[n]["per_group"][suite]) if suite in runs[n]["per_group"]
-                                                  else "-" for n in names) + " |")
+
+    def row(label: str, metrics: list[dict | None]) -> str:
+        return f"| {label} | " + " | ".join(cell(m) if m else "-" for m in metrics) + " |"
+
+    # (suite, task_id) -> metrics, per run
+    task_metrics = {n: {(t["task_group"], t["task_id"]): t["metrics"] for t in info["per_task"]}
+                    for n, info in runs.items()}
+    tasks = {(t["task_group"], t["task_id"]): t["task"] for info in runs.values() for t in info["per_task"]}
+    for suite in dict.fromkeys(s for info in runs.values() for s in info["per_group"]):
+        lines.append(row(suite, [runs[n]["per_group"].get(suite) for n in names]))
         if per_task:
-            tasks = [t for t in next(iter(runs.values()))["per_task"] if t.get("task_group") == suite]
-            for t in tasks:
-                row = []
-                for n in names:
-                    match = [x for x in runs[n]["per_task"] if x.get("task_group") == suite and x["task_id"] == t["task_id"]]
-                    row.append(cell(match[0]["metrics"]) if match else "-")
-                lines.append(f"| &nbsp;&nbsp;{t['task_id']}: {t['task']} | " + " | ".join(row) + " |")
+            lines += [row(f"&nbsp;&nbsp;{tid}: {name}", [task_metrics[n].get((s, tid)) for n in names])
+                      for (s, tid), name in tasks.items() if s == suite]
     lines.append("| **all** | " + " | ".join(f"**{cell(runs[n]['overall'])}**" for n in names) + " |")
     return "\n".join(lines)
 

@@ -55,11 +55,11 @@ class ViTConfig:
     # (3x3 stride-2 convs with GroupNorm, then a patchifying conv): a ViT trained from scratch on a
     # few thousand frames localises small objects far sooner with it (Xiao et al. 2021, Octo 2024).
     stem: str = "patch"
+    stem_channels: list[int] = field(default_factory=lambda: [32, 64, 128])  # one stride-2 conv each
     # Apply the final LayerNorm `norm` to the patch features (timm's forward_features). OpenVLA does not
     # (its pretrained features are well scaled); a ViT trained from scratch without it lets a constant
     # offset grow in the residual stream until, after the LLM's RMSNorm, every image looks the same.
     feature_norm: bool = False
-    stem_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
