@@ -108,6 +108,51 @@ class InputProbe:
             policy.train(was_training)
 
 
+class StandardizerStatistics:
+    """Exact statistics for the batch-statistics standardisers (policies/common/standardizer.py) of the
+    visual tokens (`standardize_visual`) and of a CogACT head's condition (`standardize_condition`):
+    the running averages lag a model that is still learning, so before every probe and checkpoint they
+    are recomputed over fixed demo frames processed as at inference (centre crop, no augmentation):
+    the visual tokens' first, as the cognition feature depends on them."""
+
+    def __init__(self, dataset: DemoDataset, n_frames: int, seed: int, batch_size: int = 32) -> None:
+        rng = np.random.default_rng(seed + 7)
+        idx = rng.choice(len(dataset), size=min(n_frames, len(dataset)), replace=False)
+        self.batches = [dataset.batch(idx[i : i + batch_size]) for i in range(0, len(idx), batch_size)]
+
+    def __call__(self, policy) -> None:
+        visual = _standardizer(policy.projector, "out_norm")
+        condition = _standardizer(getattr(policy, "action_model", None), "cond_norm")
+        if visual is None and condition is None:
+            return
+        was_training = policy.training
+        policy.eval()
+        try:
+            with torch.no_grad():
+                inputs = [self.inputs(policy, b) for b in self.batches]
+                if visual is not None:
+                    visual.set_statistics(torch.cat([
+                        policy.projector.project(policy.vision_backbone(i.pixel_values.flatten(0, 1)))
+                        for i in inputs]))
+                if condition is not None:
+                    condition.set_statistics(torch.cat([policy.training_cognition(i) for i in inputs]))
+        finally:
+            policy.train(was_training)
+
+    @staticmethod
+    def inputs(policy, batch: Batch) -> ProcessedInputs:
+        pixels = torch.stack([policy.processor.image_processor(batch.images[c], policy.device)
+                              for c in policy.config.cameras], 1)
+        return ProcessedInputs(pixels, *policy.processor.tokenize(batch.instructions))
+
+
+def _standardizer(module, name: str):
+    from vla_accel.policies.common.standardizer import FeatureStandardizer
+
+    norm = getattr(module, name, None)
+    return norm if isinstance(norm, FeatureStandardizer) else None
+
+
 # --- checkpoints -----------------------------------------------------------------------------------
 def checkpoint_dirs(out: Path) -> list[Path]:
     ckpts = [p for p in (out / "checkpoints").glob("step_*") if (p / STATE_JSON).is_file()]
@@ -248,6 +293,7 @@ def run_train(cfg: DictConfig) -> Path:
         optimizer, lambda s: lr_factor(s, t.warmup_steps, t.steps, t.min_lr_ratio), last_epoch=step - 1)
 
     probe = InputProbe(dataset, int(t.get("probe_size", 32)), t.seed) if t.get("probe_every") else None
+    norm_stats = StandardizerStatistics(dataset, int(t.get("standardizer_frames", 512)), t.seed)
     log = (out / "metrics.jsonl").open("a")
     bar = tqdm(total=t.steps, initial=step, desc=f"train {kind}", dynamic_ncols=True,
                disable=not t.progress)
@@ -267,6 +313,7 @@ def run_train(cfg: DictConfig) -> Path:
         loss_value = float(loss.detach())
         record = {"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0], **extra}
         if probe is not None and step % int(t.probe_every) == 0:
+            norm_stats(policy)
             record.update(probe(policy, kind))
             image_gap = record["probe_loss_shuffled_images"] - record["probe_loss"]
             bar.write(f"step {step}: probe loss {record['probe_loss']:.4f}, with shuffled images "
@@ -277,6 +324,7 @@ def run_train(cfg: DictConfig) -> Path:
         bar.update(1)
         if step % t.save_every == 0 or step == t.steps:
             log.flush()  # a killed run keeps every logged step up to its last checkpoint
+            norm_stats(policy)
             policy.eval()
             last = save_checkpoint(out, policy, optimizer, step, gens, t.keep_checkpoints)
             policy.train()

@@ -18,6 +18,8 @@ class CogACTConfig(VLMConfig):
     dit_depth: int = 4
     dit_heads: int = 4
     dit_mlp_ratio: float = 4.0
+    # Standardise the cognition feature (batch statistics) before the DiT; see dit.py for why.
+    standardize_condition: bool = False
     diffusion_steps: int = 100  # training timesteps
     noise_schedule: str = "squaredcos_cap_v2"
     ddim_steps: int = 10

@@ -5,8 +5,15 @@ Sequence: [timestep token, condition token, x_1 .. x_H] (B, 2 + H, W), learned p
 feature cache can reuse their outputs between denoising steps (EfficientVLA), then a final norm and a
 linear layer on the H action tokens -> predicted noise (B, H, A).
 
-Classifier-free guidance: `null_condition` is a learned vector in the condition (cognition feature)
-space that replaces the condition with probability `cond_drop_prob` in training.
+Classifier-free guidance: `null_condition` is a learned vector in the condition space that replaces
+the condition with probability `cond_drop_prob` in training.
+
+`standardize` (optional, `standardize_condition`) maps the cognition feature to that condition space
+with batch statistics (a BatchNorm without affine terms; its running statistics at inference). Why: in a
+VLM trained from scratch the cognition feature is a large constant plus a small (~1%) input-dependent
+part, and behind the LLM's final RMSNorm the head never learns to read that part (measured: the loss
+did not depend on the image at all). Standardising gives the varying part unit scale from the start.
+A pretrained VLM (real CogACT) does not need it, hence off by default.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vla_accel.policies.common.standardizer import FeatureStandardizer
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -79,7 +88,7 @@ class DiTBlock(nn.Module):
 
 class DiT(nn.Module):
     def __init__(self, action_dim: int, horizon: int, cond_dim: int, width: int = 256, depth: int = 4,
-                 num_heads: int = 4, mlp_ratio: float = 4.0) -> None:
+                 num_heads: int = 4, mlp_ratio: float = 4.0, standardize_condition: bool = False) -> None:
         super().__init__()
         if width % num_heads:
             raise ValueError(f"DiT width {width} must be divisible by num_heads {num_heads}")
@@ -87,6 +96,7 @@ class DiT(nn.Module):
         self.x_embedder = nn.Linear(action_dim, width)
         self.t_embedder = TimestepEmbedder(width)
         self.z_embedder = nn.Linear(cond_dim, width)
+        self.cond_norm = FeatureStandardizer(cond_dim) if standardize_condition else nn.Identity()
         self.null_condition = nn.Parameter(torch.randn(1, cond_dim) * 0.02)
         self.pos_embed = nn.Parameter(torch.randn(1, horizon + 2, width) * 0.02)
         self.blocks = nn.ModuleList(DiTBlock(width, num_heads, mlp_ratio) for _ in range(depth))
@@ -95,8 +105,12 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final_proj.weight)  # start by predicting zero noise (DiT's init)
         nn.init.zeros_(self.final_proj.bias)
 
+    def standardize(self, cognition: torch.Tensor) -> torch.Tensor:
+        """(B, C) cognition features -> conditions (identity unless `standardize_condition`)."""
+        return self.cond_norm(cognition)
+
     def embed(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """x (B, H, A) noisy actions, t (B,) timesteps, cond (B, C) -> tokens (B, 2 + H, W)."""
+        """x (B, H, A) noisy actions, t (B,) timesteps, cond (B, C) standardised -> tokens (B, 2 + H, W)."""
         tokens = torch.cat([self.t_embedder(t)[:, None], self.z_embedder(cond)[:, None],
                             self.x_embedder(x)], dim=1)
         return tokens + self.pos_embed

@@ -31,7 +31,8 @@ class CogACTPolicy(VLMBase):
         self.cognition_id = tokenizer.convert_tokens_to_ids(COG)
         hidden = self.language_model.config.hidden_size
         self.action_model = DiT(config.action_dim, config.chunk_size, hidden, config.dit_width,
-                                config.dit_depth, config.dit_heads, config.dit_mlp_ratio)
+                                config.dit_depth, config.dit_heads, config.dit_mlp_ratio,
+                                config.standardize_condition)
         self.diffusion = DDIM(config.diffusion_steps, config.noise_schedule)
         self.ensembler = AdaptiveEnsembler(config.ensemble_horizon, config.ensemble_alpha)
         self._queue: deque[np.ndarray] = deque()
@@ -105,7 +106,7 @@ class CogACTPolicy(VLMBase):
         # only the DiT runs in the model's dtype.
         model_dtype = self.action_model.x_embedder.weight.dtype
         x = noise.to(device=cognition.device, dtype=torch.float32)
-        cond = cognition.to(model_dtype)
+        cond = self.action_model.standardize(cognition.to(model_dtype))
         guided = cfg.cfg_scale > 1.0
         if guided:  # one batched pass: [conditional; null condition]
             cond = torch.cat([cond, self.action_model.null_condition.expand(b, -1).to(model_dtype)], dim=0)
@@ -132,7 +133,7 @@ class CogACTPolicy(VLMBase):
             cognition = self.training_cognition(inputs)
         r = self.config.repeated_diffusion_steps
         x0 = actions.to(cognition.device, torch.float32).repeat(r, 1, 1)  # (r * B, H, A)
-        cond = cognition.repeat(r, 1)
+        cond = self.action_model.standardize(cognition).repeat(r, 1)  # batch statistics before the repeat
         n = x0.shape[0]
         t = torch.randint(0, self.config.diffusion_steps, (n,), generator=generator).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0)

@@ -56,7 +56,7 @@ class VLMBase(nn.Module):
         llm_cfg = LlamaConfig(**{k: v for k, v in config.text_config.items()
                                  if k not in ("transformers_version", "architectures", "model_type")})
         self.projector = Projector(self.vision_backbone.embed_dim, llm_cfg.hidden_size,
-                                   config.projector_layers)
+                                   config.projector_layers, config.standardize_visual)
         self.language_model = build_llama(llm_cfg, config.attn_implementation)
         self.runner = runner if runner is not None else HFRunner()
         self.unnorm_key: str | None = None

@@ -19,6 +19,7 @@ class VLMConfig:
     vision: list[ViTConfig] = field(default_factory=lambda: [ViTConfig()])
     llm: LlamaSizes = field(default_factory=LlamaSizes)
     projector_layers: int = 3
+    standardize_visual: bool = False  # batch-standardise the visual tokens (from-scratch VLMs; standardizer.py)
     cameras: list[str] = field(default_factory=lambda: ["agentview"])  # + "wrist": more visual tokens
     # Size of the images the policy accepts (the demos' size); None = any size (resized, as OpenVLA).
     input_image_size: int | None = 128

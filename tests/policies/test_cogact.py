@@ -170,3 +170,17 @@ def test_config_validation():
         CogACTConfig(chunk_size=4, n_action_steps=8)
     with pytest.raises(ValueError, match="unknown noise_schedule"):
         CogACTConfig(noise_schedule="cosine2")
+
+
+def test_standardized_condition_statistics_survive_save_and_load(tmp_path):
+    p = make_policy()
+    with torch.no_grad():
+        p.action_model.cond_norm.running_mean.normal_()
+        p.action_model.cond_norm.running_var.uniform_(0.5, 2.0)
+    p.save_pretrained(tmp_path)
+    loaded = CogACTPolicy.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.action_model.cond_norm.running_mean, p.action_model.cond_norm.running_mean)
+    obs, noise = random_obs(batch=2), torch.randn(2, 16, 7)
+    np.testing.assert_array_equal(loaded.predict_action_chunk(obs, noise=noise),
+                                  p.predict_action_chunk(obs, noise=noise))
+

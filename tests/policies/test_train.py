@@ -141,3 +141,31 @@ def test_input_probe_logs_real_and_shuffled_losses(demos, tmp_path):
     assert first == again  # same frames and noise every time
     # an untrained model's output still depends on the image, so the shuffled loss differs
     assert first["probe_loss_shuffled_images"] != first["probe_loss"]
+
+
+def test_standardizer_statistics_are_exact_over_the_chosen_frames(demos, tmp_path):
+    from vla_accel.policies.openvla.processor_openvla import ProcessedInputs
+    from vla_accel.policies.train import StandardizerStatistics
+
+    last = run_train(train_cfg("cogact_tiny", demos, tmp_path, "train.steps=2", "train.standardizer_frames=12"))
+    policy = policy_class("cogact").from_pretrained(last)
+    visual, condition = policy.projector.out_norm, policy.action_model.cond_norm
+    saved = condition.running_mean.clone()
+    stats = StandardizerStatistics(DemoDataset([demos], ["agentview"], 16), 12, seed=0, batch_size=5)
+    with torch.no_grad():  # scramble them, so that the refresh has to get them back
+        visual.running_mean.normal_()
+        condition.running_var.fill_(3.0)
+    stats(policy)
+    assert not policy.training and len(stats.batches) == 3
+    with torch.no_grad():  # the 12 frames' centre-cropped inference inputs in one batch
+        frames = torch.cat([b.images["agentview"] for b in stats.batches])
+        instructions = [i for b in stats.batches for i in b.instructions]
+        pixels = policy.processor.image_processor(frames)
+        raw = policy.projector.project(policy.vision_backbone(pixels))
+        feats = policy.training_cognition(ProcessedInputs(pixels[:, None], *policy.processor.tokenize(instructions)))
+    flat = raw.reshape(-1, raw.shape[-1])
+    torch.testing.assert_close(visual.running_mean, flat.mean(0), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(visual.running_var, flat.var(0, unbiased=False), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(condition.running_mean, feats.mean(0), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(condition.running_var, feats.var(0, unbiased=False), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(saved, feats.mean(0), atol=1e-5, rtol=1e-4)  # what training saved
