@@ -250,7 +250,7 @@ def init_vlm_from(policy, source: str | Path) -> int:
                          f"({tuple(own[bad[0]].shape)} here, {tuple(weights[bad[0]].shape)} there)")
     with torch.no_grad():
         for k, v in own.items():
-            v[: weights[k].shape[0]].copy_(weights[k])
+            (v[: weights[k].shape[0]] if v.dim() else v).copy_(weights[k])  # 0-dim: a standardiser's count
     return len(own)
 
 
