@@ -27,7 +27,8 @@ def _sweep(tmp_path, ckpt, *extra) -> Path:
     out = tmp_path / "sweep"
     rc = sweep_run.main(["sweep.methods=[fastv]", "sweep.keep_ratios=[0.5]", "sweep.bench=false",
                          "sweep.launcher=basic",
-                         f"sweep.output_dir={out}", f"policy.path={ckpt}", "env.task_ids=[0]",
+                         f"sweep.output_dir={out}", "policy=openvla_tiny", f"policy.path={ckpt}",
+                         "env.image_size=32", "env.task_ids=[0]",
                          "eval.n_episodes=1", "eval.max_steps=4", "eval.warmup_calls=1", *extra])
     assert rc == 0
     return out
