@@ -8,12 +8,9 @@ linear layer on the H action tokens -> predicted noise (B, H, A).
 Classifier-free guidance: `null_condition` is a learned vector in the condition space that replaces
 the condition with probability `cond_drop_prob` in training.
 
-`standardize` (optional, `standardize_condition`) maps the cognition feature to that condition space
-with batch statistics (a BatchNorm without affine terms; its running statistics at inference). Why: in a
-VLM trained from scratch the cognition feature is a large constant plus a small (~1%) input-dependent
-part, and behind the LLM's final RMSNorm the head never learns to read that part (measured: the loss
-did not depend on the image at all). Standardising gives the varying part unit scale from the start.
-A pretrained VLM (real CogACT) does not need it, hence off by default.
+`standardize` maps the cognition feature to that condition space: the identity, or with
+`standardize_condition` a batch-statistics standardiser for VLMs trained from scratch, whose cognition
+feature is ~99% constant (policies/common/standardizer.py says why).
 """
 
 from __future__ import annotations
