@@ -106,7 +106,7 @@ class CogACTPolicy(VLMBase):
         # only the DiT runs in the model's dtype.
         model_dtype = self.action_model.x_embedder.weight.dtype
         x = noise.to(device=cognition.device, dtype=torch.float32)
-        cond = self.action_model.standardize(cognition.to(model_dtype))
+        cond = self.action_model.standardize(cognition).to(model_dtype)
         guided = cfg.cfg_scale > 1.0
         if guided:  # one batched pass: [conditional; null condition]
             cond = torch.cat([cond, self.action_model.null_condition.expand(b, -1).to(model_dtype)], dim=0)
