@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from vla_accel.policies.common.image_processor import crop_resize
+from vla_accel.policies.common.observation import ParsedObs
 from vla_accel.policies.data import AUGMENTATIONS, Batch, DemoDataset, augment
 from vla_accel.policies.openvla.processor_openvla import ProcessedInputs
 
@@ -141,9 +142,9 @@ class StandardizerStatistics:
 
     @staticmethod
     def inputs(policy, batch: Batch) -> ProcessedInputs:
-        pixels = torch.stack([policy.processor.image_processor(batch.images[c], policy.device)
-                              for c in policy.config.cameras], 1)
-        return ProcessedInputs(pixels, *policy.processor.tokenize(batch.instructions))
+        """The frames as the policy's processor prepares them at inference."""
+        images = {c: v.numpy() for c, v in batch.images.items()}
+        return policy.processor(ParsedObs(images, batch.instructions, batched=True), policy.device)
 
 
 def _standardizer(module, name: str):
@@ -250,7 +251,7 @@ def init_vlm_from(policy, source: str | Path) -> int:
                          f"({tuple(own[bad[0]].shape)} here, {tuple(weights[bad[0]].shape)} there)")
     with torch.no_grad():
         for k, v in own.items():
-            (v[: weights[k].shape[0]] if v.dim() else v).copy_(weights[k])  # 0-dim: a standardiser's count
+            v[: weights[k].shape[0]].copy_(weights[k])
     return len(own)
 
 

@@ -27,7 +27,6 @@ class FeatureStandardizer(nn.Module):
         self.momentum, self.eps = momentum, eps
         self.register_buffer("running_mean", torch.zeros(dim))
         self.register_buffer("running_var", torch.ones(dim))
-        self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
 
     def _apply(self, fn, recurse=True):
         keep = {k: getattr(self, k) for k in ("running_mean", "running_var")}
@@ -51,7 +50,6 @@ class FeatureStandardizer(nn.Module):
                 raise ValueError("standardising features in training needs a batch of at least 2")
             mean, var = flat.mean(0), flat.var(0, unbiased=False)
             with torch.no_grad():
-                self.num_batches_tracked += 1
                 self.running_mean.lerp_(mean.detach(), self.momentum)
                 self.running_var.lerp_(var.detach(), self.momentum)
         else:
