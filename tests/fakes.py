@@ -154,6 +154,14 @@ needs_real_tabletop = pytest.mark.skipif(not real_tabletop_available(),
                                          reason="the real tabletop env (vla_accel.envs.tabletop) is not there yet")
 
 
+def with_expert_defaults(overrides) -> list[str]:
+    """`vla-accel eval` defaults to the shipped checkpoint on the goal suite; these tests run the scripted
+    expert on spatial (at any image size) unless they name a policy or suite themselves."""
+    named = {o.split("=", 1)[0] for o in overrides}
+    return [*(["policy=expert"] if "policy" not in named else []),
+            *(["env=spatial"] if "env" not in named else []), *overrides]
+
+
 def compose_config(config_name: str, overrides: list[str]):
     """The app config `vla-accel <config_name> <overrides>` would run with (no Hydra run dir)."""
     from hydra import compose, initialize_config_module

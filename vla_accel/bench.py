@@ -157,13 +157,15 @@ def bench_configs(cfg: DictConfig, policy) -> list[BenchConfig]:
     from vla_accel.accel_config import load_accel_config
 
     b = cfg.bench
+    layer = {} if b.get("prune_layer") is None else {"prune_layer": int(b.prune_layer)}  # null: the preset's K
     rows = [BenchConfig(BASELINE, BASELINE, None, None)]
     for method in b.methods:
         if method in NO_KEEP_RATIO:
             rows.append(BenchConfig(method, method, None, load_accel_config(method)))
             continue
         for r in b.keep_ratios:
-            rows.append(BenchConfig(f"{method}@{r:g}", method, float(r), load_accel_config(method, keep_ratio=float(r))))
+            rows.append(BenchConfig(f"{method}@{r:g}", method, float(r),
+                                    load_accel_config(method, keep_ratio=float(r), **layer)))
     for layers in b.get("skip_layers") or []:
         layers = [int(x) for x in layers]
         rows.append(BenchConfig(f"skip{layers}", "layer_skip", None, load_accel_config("none", skip_layers=layers),

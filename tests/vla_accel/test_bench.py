@@ -54,6 +54,19 @@ def test_bench_of_a_cogact_policy_times_the_action_head(fake_envs, tmp_path):
     assert "action_head ms" in (tmp_path / "bench.md").read_text().replace("| action_head |", "action_head ms")
 
 
+def test_bench_prune_layer_sets_k_for_every_pruning_method(fake_envs, tmp_path):
+    """The presets' K=3 does not fit a 2-layer Llama; bench.prune_layer=1 does."""
+    from vla_accel.bench import bench_configs
+
+    cfg = _bench_cfg("bench.methods=[vla_pruner,fastv]", "bench.keep_ratios=[0.5]", "bench.prune_layer=1")
+    rows = bench_configs(cfg, policy=None)
+    assert [r.accel.pruning.prune_layer for r in rows[1:]] == [1, 1]
+    report = bench(cfg, tmp_path)  # openvla_tiny has 2 layers: runs, and prunes at layer 1
+    assert report["results"][1]["tokens_kept"]["mean"] == 8
+    with pytest.raises(ValueError, match="beyond the model's 2 layers"):
+        bench(_bench_cfg("bench.methods=[fastv]", "bench.keep_ratios=[0.5]"), tmp_path / "k3")
+
+
 @pytest.mark.parametrize("override, match", [
     ("bench.rounds=0", "bench.rounds"), ("bench.keep_ratios=[0]", "keep_ratios"),
     ("bench.threads=0", "bench.threads"), ("policy=expert", "VLA policy"),

@@ -85,7 +85,7 @@ def test_a_subcommand_is_one_registry_entry(monkeypatch):
 
 def test_eval_runs_as_a_hydra_app_into_hydra_run_dir(fake_envs, tmp_path):
     run_dir = tmp_path / "run"
-    assert main(["eval", f"hydra.run.dir={run_dir}", "eval=quick", "env=goal", "eval.progress=false",
+    assert main(["eval", f"hydra.run.dir={run_dir}", "eval=quick", "env=goal", "policy=expert", "eval.progress=false",
                  "env.image_size=16"]) == 0
     info = json.loads((run_dir / "eval_info.json").read_text())
     assert info["overall"]["n_episodes"] == 2 * N_TASKS
@@ -96,7 +96,7 @@ def test_eval_runs_as_a_hydra_app_into_hydra_run_dir(fake_envs, tmp_path):
 
 def test_eval_multirun_gives_one_job_per_value(fake_envs, tmp_path):
     sweep = tmp_path / "sweep"
-    assert main(["eval", "-m", f"hydra.sweep.dir={sweep}", "env=spatial,object", "eval.n_episodes=1",
+    assert main(["eval", "-m", f"hydra.sweep.dir={sweep}", "env=spatial,object", "policy=expert", "eval.n_episodes=1",
                  "env.task_ids=[0]", "eval.progress=false", "env.image_size=16"]) == 0
     suites = [json.loads((sweep / str(i) / "eval_info.json").read_text())["config"]["env"]["suite"] for i in (0, 1)]
     assert suites == ["spatial", "object"]
@@ -105,7 +105,7 @@ def test_eval_multirun_gives_one_job_per_value(fake_envs, tmp_path):
 def test_a_bad_value_is_one_clear_line_and_exit_1(fake_envs, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with pytest.raises(SystemExit) as e:
-        main(["eval", f"hydra.run.dir={tmp_path}", "eval.n_episodes=0"])
+        main(["eval", f"hydra.run.dir={tmp_path}", "policy=expert", "eval.n_episodes=0"])
     assert e.value.code == 1
     assert "vla-accel: error: eval.n_episodes must be a positive integer" in capsys.readouterr().err
 

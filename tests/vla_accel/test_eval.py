@@ -3,7 +3,7 @@ import json
 import imageio.v2 as imageio
 import numpy as np
 import pytest
-from fakes import (FAILING_INIT_STATES, MAX_STEPS, N_TASKS, FakeTabletopEnv, compose_config,
+from fakes import (FAILING_INIT_STATES, MAX_STEPS, N_TASKS, FakeTabletopEnv, compose_config, with_expert_defaults,
                    fake_envs, steps_to_success)  # noqa: F401  (fake_envs is a fixture)
 
 from vla_accel.eval import evaluate
@@ -14,7 +14,7 @@ from vla_accel.stats import wilson_interval
 
 
 def _eval_cfg(*overrides):
-    return compose_config("eval", ["eval.progress=false", "env.image_size=16", *overrides])
+    return compose_config("eval", with_expert_defaults(["eval.progress=false", "env.image_size=16", *overrides]))
 
 
 # ---------------------------------------------------------------- run_episode

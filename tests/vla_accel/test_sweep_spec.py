@@ -1,4 +1,5 @@
 import re
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +30,22 @@ def test_multirun_parts_are_cartesian_blocks_covering_every_point_once():
     assert sorted(covered) == sorted(s.points()) and len(set(covered)) == len(covered) == 2 * 2 + 2 * 2 * 2
 
 
+def test_prune_layer_goes_to_the_pruned_block_and_the_bench_only(monkeypatch):
+    from vla_accel import cli
+
+    monkeypatch.setitem(cli.SUBCOMMANDS, "bench", cli.Subcommand("x:y", "fake"))
+    s = spec(methods=("vla_pruner", "vla_cache"), prune_layer=1)
+    unpruned, pruned = s.multirun_parts()
+    assert pruned.sweep_overrides[-1] == "accel.prune_layer=1"
+    assert not any("prune_layer" in o for o in unpruned.sweep_overrides)
+    assert "bench.prune_layer=1" in sweep_run.bench_command(s, [], Path("out"))
+    assert not any("prune_layer" in a for a in sweep_run.bench_command(spec(), [], Path("out")))
+
+
 @pytest.mark.parametrize("kw, match", [
+    ({"prune_layer": -1}, "prune_layer must be null or an integer >= 0"),
+    ({"prune_layer": True}, "prune_layer must be null or an integer >= 0"),
+    ({"prune_layer": "1"}, "prune_layer must be null or an integer >= 0"),
     ({"methods": ("vla_prunr",)}, "unknown accel preset 'vla_prunr'. Did you mean 'vla_pruner'"),
     ({"methods": ()}, "sweep.methods is empty"),
     ({"methods": ("fastv", "fastv")}, r"lists \['fastv'\] more than once"),
@@ -160,10 +176,11 @@ def test_a_good_sweep_launches_one_multirun_per_block_then_the_bench(monkeypatch
     assert "hydra.launcher.n_jobs=2" in unpruned and "hydra.sweep.dir=out/unpruned" in unpruned
     assert "accel=vla_pruner,fastv" in pruned and "accel.keep_ratio=0.25" in pruned
     # the preset's overrides, then the command line's (which replaced the preset's policy)
-    i = pruned.index("env=spatial")
+    i = pruned.index("env=goal")
     assert pruned[5:i] == ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
-    assert pruned[i:i + 6] == ["env=spatial", "env.image_size=32", "eval.n_episodes=2", "env.task_ids=[0]",
+    assert pruned[i:i + 5] == ["env=goal", "eval.n_episodes=2", "env.task_ids=[0]",
                                "policy=openvla_tiny", f"policy.path={tmp_path}"]
+    assert "accel.prune_layer=1" in pruned and "bench.prune_layer=1" in bench  # main.yaml's K
     assert "bench.methods=[vla_pruner,fastv]" in bench and "bench.keep_ratios=[0.25]" in bench
     assert "bench.skip_layers=[]" in bench and "policy=openvla_tiny" in bench
     assert not any(a.startswith("eval.") for a in bench[4:]) and "bench.rounds=3" in bench

@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 import pytest
-from fakes import FakeTabletopEnv, compose_config, fake_envs  # noqa: F401  (fake_envs is a fixture)
+from fakes import FakeTabletopEnv, compose_config, fake_envs, with_expert_defaults  # noqa: F401  (fake_envs is a fixture)
 from timing_fakes import SleepyPolicy
 
 from vla_accel.eval import evaluate
@@ -125,7 +125,7 @@ def test_fixed_latency_model_decides_deadline_misses():
 
 
 def _eval_cfg(*overrides):
-    return compose_config("eval", ["eval.progress=false", "env.image_size=16", *overrides])
+    return compose_config("eval", with_expert_defaults(["eval.progress=false", "env.image_size=16", *overrides]))
 
 
 def test_eval_writes_the_timing_block_and_prints_its_table(fake_envs, tmp_path, capsys):

@@ -92,12 +92,14 @@ def preflight(spec: SweepSpec, eval_args: list[str]) -> None:
 
     from vla_accel import eval as ev
     from vla_accel.policies import policy_spec
+    from vla_accel.policies.common.factory import REPO_ROOT
 
     job_args = [a for a in eval_args if not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
     with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
         for point in spec.points():
             try:
-                cfg = compose(config_name="eval", overrides=[*job_args, *point.overrides()])
+                layer = spec.prune_layer_overrides("accel") if point.keep_ratio is not None else ()
+                cfg = compose(config_name="eval", overrides=[*job_args, *point.overrides(), *layer])
             except HydraException as e:
                 raise ValueError(f"eval config of {point.label!r}: {e}") from e
             ev._check_eval_cfg(cfg.eval)  # what `vla-accel eval` itself checks first
@@ -112,8 +114,9 @@ def preflight(spec: SweepSpec, eval_args: list[str]) -> None:
             if path is None and accel is not None:
                 raise ValueError(f"policy {cfg.policy.type!r} needs policy.path (a checkpoint directory: "
                                  "vla-accel sweep policy.path=DIR; train one with `vla-accel train`)")
-            if path and not Path(str(path)).exists():
-                raise ValueError(f"policy.path={path!r} does not exist")
+            if path and not Path(str(path)).exists() and not (REPO_ROOT / str(path)).exists():
+                raise ValueError(f"policy.path={path!r} does not exist (tried from the working directory and "
+                                 f"from the repository root {REPO_ROOT})")
 
 
 def check_launcher(launcher: str) -> None:
@@ -154,7 +157,7 @@ def bench_command(spec: SweepSpec, eval_args: list[str], sweep_dir: Path) -> lis
     job_args = [a for a in eval_args if not a.lstrip("+~").startswith(("eval.", "hydra.", "hydra/"))]
     return [sys.executable, "-m", "vla_accel.cli", "bench", *job_args, f"bench.methods=[{methods}]",
             f"bench.keep_ratios=[{ratios}]", f"bench.skip_layers=[{skips}]", "bench.progress=false",
-            *spec.bench_overrides, f"hydra.run.dir={sweep_dir / 'bench'}"]
+            *spec.prune_layer_overrides("bench"), *spec.bench_overrides, f"hydra.run.dir={sweep_dir / 'bench'}"]
 
 
 def launch(cmd: list[str]) -> int:

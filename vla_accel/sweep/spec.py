@@ -108,6 +108,8 @@ class SweepSpec:
     eval_overrides: overrides for every eval job (env=..., policy=..., eval.n_episodes=...); the bench
       gets them too, less eval.* and hydra ones.
     bench_overrides: bench.* overrides for the bench pass only (bench.rounds=20, bench.threads=1).
+    prune_layer: K for every pruning preset, evals and bench alike (null = each preset's own, K=3, which
+      needs a model of at least 4 LLM layers; a 2-layer model takes 1).
     """
 
     methods: tuple[str, ...]
@@ -119,6 +121,7 @@ class SweepSpec:
     bench: bool = True
     eval_overrides: tuple[str, ...] = ()
     bench_overrides: tuple[str, ...] = ()
+    prune_layer: int | None = None
     presets: Mapping[str, dict] = field(default_factory=accel_presets, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -166,6 +169,9 @@ class SweepSpec:
             if o.lstrip("+~").split("=", 1)[0].split(".")[0] in ("accel", "hydra/launcher"):
                 raise ValueError(f"sweep.eval_overrides: {o!r} -- the sweep sets accel and the launcher itself; "
                                  "use sweep.methods / sweep.keep_ratios / sweep.skip_layers / sweep.launcher")
+        if self.prune_layer is not None and (isinstance(self.prune_layer, bool) or not isinstance(self.prune_layer, int)
+                                             or self.prune_layer < 0):
+            raise ValueError(f"sweep.prune_layer must be null or an integer >= 0, got {self.prune_layer!r}")
         object.__setattr__(self, "methods", tuple(methods))
         object.__setattr__(self, "keep_ratios", tuple(clean_ratios))
         object.__setattr__(self, "skip_layers", tuple(clean_skips))
@@ -180,7 +186,7 @@ class SweepSpec:
         """From the `sweep` node (a DictConfig or a dict); unknown keys raise."""
         d = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
         known = {"methods", "keep_ratios", "skip_layers", "launcher", "n_jobs", "ray_address", "bench",
-                 "eval_overrides", "bench_overrides"}
+                 "eval_overrides", "bench_overrides", "prune_layer"}
         if unknown := sorted(set(d) - known):
             raise ValueError(f"sweep config: unknown key(s) {unknown}; valid: {sorted(known)}")
         d["eval_overrides"] = tuple(d.get("eval_overrides") or ())
@@ -203,6 +209,10 @@ class SweepSpec:
                     pts.append(SweepPoint(m, None, skip))
         return pts
 
+    def prune_layer_overrides(self, node: str) -> tuple[str, ...]:
+        """`<node>.prune_layer=K` when the sweep sets K, else nothing."""
+        return () if self.prune_layer is None else (f"{node}.prune_layer={self.prune_layer}",)
+
     def multirun_parts(self) -> list[MultirunPart]:
         """The Cartesian blocks: pruning presets x keep ratios x skips, and the other presets x skips."""
         skip_values = ",".join(f"[{','.join(map(str, s))}]" for s in self.skip_layers)
@@ -217,7 +227,7 @@ class SweepSpec:
         if pruned:
             parts.append(MultirunPart(
                 "pruned", (f"accel={','.join(pruned)}", f"accel.keep_ratio={','.join(map(repr, self.keep_ratios))}",
-                           f"accel.skip_layers={skip_values}"),
+                           f"accel.skip_layers={skip_values}", *self.prune_layer_overrides("accel")),
                 tuple(p for p in self.points() if p.keep_ratio is not None),
                 "${accel.name}_keep${accel.keep_ratio}_${hydra.job.num}"))
         return parts
