@@ -115,7 +115,7 @@ def launches(monkeypatch):
     (["eval.control_hz=-1"], "control_hz must be null or a positive number"),
     (["policy=expert"], "no LLM to accelerate"),
     (["policy.path=/no/such/checkpoint"], "does not exist"),
-    ([], "needs policy.path"),  # the main preset's tiny policy has no checkpoint of its own
+    (["policy=cogact_small"], "needs policy.path"),  # an architecture preset, no checkpoint
     (["sweep.methods=[vla_pruner]", "accel.keep_ratio=0.5"], "the sweep sets accel"),
 ])
 def test_a_bad_sweep_fails_before_any_eval_is_launched(args, match, launches, capsys, tmp_path):
