@@ -34,14 +34,20 @@ def _device_dtype(cfg: Mapping[str, Any]) -> tuple[str, torch.dtype]:
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def resolve_path(path: str | Path) -> Path:
+    """`path` as given, or under REPO_ROOT when it is relative and only exists there."""
+    path = Path(str(path))
+    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
+        return REPO_ROOT / path
+    return path
+
+
 def _path(cfg: Mapping[str, Any], kind: str) -> str:
     """policy.path: a checkpoint directory, or a `vla-accel train` output_dir (its newest checkpoint)."""
     if not cfg.get("path"):
         raise ValueError(f"policy type {kind!r} needs policy.path: a checkpoint directory "
                          "(train one with `vla-accel train`)")
-    path = Path(str(cfg["path"]))
-    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
-        path = REPO_ROOT / path
+    path = resolve_path(cfg["path"])
     if (path / "config.json").is_file():
         return str(path)
     ckpts = sorted((path / "checkpoints").glob("step_*"))

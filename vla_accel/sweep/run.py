@@ -92,7 +92,7 @@ def preflight(spec: SweepSpec, eval_args: list[str]) -> None:
 
     from vla_accel import eval as ev
     from vla_accel.policies import policy_spec
-    from vla_accel.policies.common.factory import REPO_ROOT
+    from vla_accel.policies.common.factory import REPO_ROOT, resolve_path
 
     job_args = [a for a in eval_args if not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
     with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
@@ -114,7 +114,7 @@ def preflight(spec: SweepSpec, eval_args: list[str]) -> None:
             if path is None and accel is not None:
                 raise ValueError(f"policy {cfg.policy.type!r} needs policy.path (a checkpoint directory: "
                                  "vla-accel sweep policy.path=DIR; train one with `vla-accel train`)")
-            if path and not Path(str(path)).exists() and not (REPO_ROOT / str(path)).exists():
+            if path and not resolve_path(path).exists():
                 raise ValueError(f"policy.path={path!r} does not exist (tried from the working directory and "
                                  f"from the repository root {REPO_ROOT})")
 
