@@ -133,7 +133,8 @@ class StandardizerStatistics:
                 inputs = [self.inputs(policy, b) for b in self.batches]
                 if visual is not None:
                     visual.set_statistics(torch.cat([
-                        policy.projector.project(policy.vision_backbone(i.pixel_values.flatten(0, 1)))
+                        policy.projector.project(policy.vision_features(
+                            i.pixel_values, policy.film_condition(policy.prompt_batch(i))))
                         for i in inputs]))
                 if condition is not None:
                     condition.set_statistics(torch.cat([policy.training_cognition(i) for i in inputs]))

@@ -80,9 +80,9 @@ def _install_frame_tap(policy: Any, runner: AcceleratedRunner) -> None:
     original = policy.encode_images
     num_visual = policy.config.num_visual_tokens
 
-    def encode_images(pixel_values):  # (B, n_cam, C, S, S) -> (B, M, D)
+    def encode_images(pixel_values, *args, **kwargs):  # (B, n_cam, C, S, S) -> (B, M, D)
         runner.observe_frame(pixel_patches(pixel_values, num_visual))
-        return original(pixel_values)
+        return original(pixel_values, *args, **kwargs)
 
     policy.encode_images = encode_images
     setattr(policy, _FRAME_TAP, True)

@@ -146,7 +146,7 @@ class CogACTPolicy(VLMBase):
     def training_cognition(self, inputs: ProcessedInputs) -> torch.Tensor:
         """The cognition feature by a plain (uncached, differentiable) forward: (B, D)."""
         batch = self.prompt_batch(inputs, self.cognition_suffix(len(inputs.text_ids)))
-        embeds = self.embed(batch, self.encode_images(inputs.pixel_values))
+        embeds = self.embed(batch, self.encode_images(inputs.pixel_values, self.film_condition(batch)))
         out = self.language_model.model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
                                         position_ids=batch.position_ids)
         return out.last_hidden_state[:, -1]

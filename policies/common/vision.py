@@ -215,10 +215,14 @@ class ViTEncoder(nn.Module):
             return torch.cat(self._prefix(b) + [x + self.pos_embed], dim=1)
         return torch.cat(self._prefix(b) + [x], dim=1) + self.pos_embed
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, film: list | None = None) -> torch.Tensor:
+        """film: per block that runs, (scale, shift) of shape (B, D) applied to its output (film.py)."""
         x = self.embed(pixel_values)
-        for block in self.blocks[: self.cfg.last_block + 1]:
+        for i, block in enumerate(self.blocks[: self.cfg.last_block + 1]):
             x = block(x)
+            if film is not None:
+                scale, shift = film[i]
+                x = x * (1 + scale[:, None]) + shift[:, None]
         if self.cfg.feature_norm:
             x = self.norm(x)
         return x[:, self.cfg.num_prefix_tokens :]
@@ -241,10 +245,11 @@ class VisionBackbone(nn.Module):
         self.embed_dim = sum(e.width for e in encoders)
         self.num_patches = encoders[0].num_patches
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, film: list | None = None) -> torch.Tensor:
         """pixel_values (B, 3 * n_encoders, H, W), each encoder's normalisation stacked on channels
-        (OpenVLA's layout) -> (B, P, sum of widths)."""
+        (OpenVLA's layout) -> (B, P, sum of widths). film: per encoder, its blocks' modulation."""
+        film = film if film is not None else [None, None]
         if self.fused_featurizer is None:
-            return self.featurizer(pixel_values)
+            return self.featurizer(pixel_values, film[0])
         img, img_fused = torch.split(pixel_values, [3, 3], dim=1)
-        return torch.cat([self.featurizer(img), self.fused_featurizer(img_fused)], dim=2)
+        return torch.cat([self.featurizer(img, film[0]), self.fused_featurizer(img_fused, film[1])], dim=2)

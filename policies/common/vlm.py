@@ -16,6 +16,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import LlamaConfig, PreTrainedTokenizerBase
 
+from vla_accel.policies.common.film import TextFiLM, instruction_embedding
 from vla_accel.policies.common.llm import build_llama, llama_config, padded_vocab
 from vla_accel.policies.common.observation import ParsedObs, parse_obs
 from vla_accel.policies.common.projector import Projector
@@ -58,6 +59,8 @@ class VLMBase(nn.Module):
         self.projector = Projector(self.vision_backbone.embed_dim, llm_cfg.hidden_size,
                                    config.projector_layers, config.standardize_visual)
         self.language_model = build_llama(llm_cfg, config.attn_implementation)
+        self.vision_film = TextFiLM(llm_cfg.hidden_size, [v.width for v in config.vision],
+                                    [v.last_block + 1 for v in config.vision]) if config.text_film else None
         self.runner = runner if runner is not None else HFRunner()
         self.unnorm_key: str | None = None
         # Per-stage timing of each inference call (vla_accel.timing): vision, prefill, decode, action_head.
@@ -103,13 +106,30 @@ class VLMBase(nn.Module):
     def process(self, parsed: ParsedObs) -> ProcessedInputs:
         return self.processor(parsed, self.device)
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, n_cameras, C, S, S) -> visual tokens (B, n_cameras * P, D_llm)."""
+    def encode_images(self, pixel_values: torch.Tensor, film_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, n_cameras, C, S, S) -> visual tokens (B, n_cameras * P, D_llm).
+        film_cond: `film_condition(batch)`, needed when config.text_film."""
         b, n_cam = pixel_values.shape[:2]
-        flat = pixel_values.flatten(0, 1).to(self.dtype)
-        patches = self.vision_backbone(flat)  # (B * n_cam, P, Dv)
-        visual = self.projector(patches)  # (B * n_cam, P, D)
+        visual = self.projector(self.vision_features(pixel_values, film_cond))  # (B * n_cam, P, D)
         return visual.reshape(b, n_cam * visual.shape[1], visual.shape[2])
+
+    def vision_features(self, pixel_values: torch.Tensor, film_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, n_cameras, C, S, S) -> the vision backbone's patch features (B * n_cameras, P, Dv)."""
+        n_cam = pixel_values.shape[1]
+        film = None
+        if self.vision_film is not None:
+            if film_cond is None:
+                raise ValueError("this model conditions its vision tower on the instruction (text_film): "
+                                 "pass film_cond=model.film_condition(prompt_batch)")
+            film = self.vision_film(film_cond.to(self.dtype).repeat_interleave(n_cam, dim=0))
+        return self.vision_backbone(pixel_values.flatten(0, 1).to(self.dtype), film)
+
+    def film_condition(self, batch: PromptBatch) -> torch.Tensor | None:
+        """The instruction embedding the vision tower is conditioned on (None without text_film)."""
+        if self.vision_film is None:
+            return None
+        tokens = self.language_model.get_input_embeddings()(batch.input_ids)
+        return instruction_embedding(tokens, batch.text_mask)
 
     def prompt_batch(self, inputs: ProcessedInputs, suffix_ids: list[list[int]] | None = None) -> PromptBatch:
         batch = build_prompt_batch(inputs.text_ids, inputs.instr_masks, self.config.num_visual_tokens,
@@ -124,7 +144,7 @@ class VLMBase(nn.Module):
     def prefill(self, inputs: ProcessedInputs, suffix_ids: list[list[int]] | None = None) -> PrefillResult:
         batch = self.prompt_batch(inputs, suffix_ids)
         with self.timer.stage("vision"):
-            visual = self.encode_images(inputs.pixel_values)
+            visual = self.encode_images(inputs.pixel_values, self.film_condition(batch))
         embeds = self.embed(batch, visual)  # (B, T, D)
         self.last_batch_size, self.last_prompt_tokens = embeds.shape[0], embeds.shape[1]
         with self.timer.stage("prefill"):

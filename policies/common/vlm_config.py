@@ -20,6 +20,9 @@ class VLMConfig:
     llm: LlamaSizes = field(default_factory=LlamaSizes)
     projector_layers: int = 3
     standardize_visual: bool = False  # batch-standardise the visual tokens (from-scratch VLMs; standardizer.py)
+    # Condition the ViT blocks on the instruction (FiLM, as RT-1/BAKU; film.py). Not in OpenVLA/CogACT:
+    # an option for small VLMs trained from scratch, whose Llama alone did not ground the instruction.
+    text_film: bool = False
     cameras: list[str] = field(default_factory=lambda: ["agentview"])  # + "wrist": more visual tokens
     # Size of the images the policy accepts (the demos' size); None = any size (resized, as OpenVLA).
     input_image_size: int | None = 128

@@ -99,7 +99,7 @@ class OpenVLAPolicy(VLMBase):
         positions of every row, predicted from positions T-A-1 .. T-2."""
         a = action_tokens.shape[1]
         batch = self.prompt_batch(inputs, action_tokens.tolist())
-        embeds = self.embed(batch, self.encode_images(inputs.pixel_values))
+        embeds = self.embed(batch, self.encode_images(inputs.pixel_values, self.film_condition(batch)))
         hidden = self.language_model.model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
                                            position_ids=batch.position_ids).last_hidden_state
         logits = self.language_model.lm_head(hidden[:, -a - 1 : -1]).float()  # (B, A, V)

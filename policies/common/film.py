@@ -1,0 +1,45 @@
+"""Instruction-conditioned FiLM in the vision tower (`VLMConfig.text_film`, off by default).
+
+OpenVLA and CogACT encode the image without the instruction; the Llama combines them, and because its
+attention is causal and the visual tokens come first, only the text tokens after them can do so. A
+pretrained VLM has learnt that; a small one trained from scratch on a few hundred demos may not: on the
+`object` and `spatial` suites, where the instruction only says *which* of the objects in view to take,
+the input probe's instruction gap stayed at zero (README, "Trained policies"). RT-1 and BAKU condition
+their vision encoders on the instruction with FiLM (Perez et al. 2018) for this reason. Here every ViT
+block's output is modulated per channel, `x * (1 + scale(c)) + shift(c)`, where `c` is the mean of the
+Llama's input embeddings of the instruction tokens. The linears start at zero, so a new model starts as
+the plain one. The prompt layout, the visual tokens' count and everything the pruners see are unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+Modulation = list[tuple[torch.Tensor, torch.Tensor]]  # per ViT block: (scale, shift), each (B, width)
+
+
+class TextFiLM(nn.Module):
+    def __init__(self, cond_dim: int, widths: list[int], depths: list[int]) -> None:
+        """widths/depths: per vision encoder, its width and the number of blocks that run."""
+        super().__init__()
+        self.encoders = nn.ModuleList(
+            nn.ModuleList(nn.Linear(cond_dim, 2 * w) for _ in range(d)) for w, d in zip(widths, depths)
+        )
+        for layer in self.modules():
+            if isinstance(layer, nn.Linear):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+    def forward(self, cond: torch.Tensor) -> list[Modulation]:
+        """cond (B, cond_dim) -> per encoder, per block, (scale, shift)."""
+        return [[tuple(layer(cond).chunk(2, dim=-1)) for layer in blocks] for blocks in self.encoders]
+
+
+def instruction_embedding(token_embeds: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the instruction tokens' embeddings: token_embeds (B, T, D), text_mask (B, T) -> (B, D)."""
+    mask = text_mask.to(token_embeds.dtype)[..., None]
+    count = mask.sum(1)
+    if bool((count == 0).any()):
+        raise ValueError("text_film needs at least one instruction token per row")
+    return (token_embeds * mask).sum(1) / count
