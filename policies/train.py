@@ -113,8 +113,9 @@ class StandardizerStatistics:
     """Exact statistics for the batch-statistics standardisers (policies/common/standardizer.py) of the
     visual tokens (`standardize_visual`) and of a CogACT head's condition (`standardize_condition`):
     the running averages lag a model that is still learning, so before every probe and checkpoint they
-    are recomputed over fixed demo frames processed as at inference (centre crop, no augmentation):
-    the visual tokens' first, as the cognition feature depends on them."""
+    are recomputed over fixed demo frames processed as at inference (centre crop, no augmentation), in
+    the order they feed each other: the instruction embedding of `text_film`, the visual tokens, the
+    cognition feature."""
 
     def __init__(self, dataset: DemoDataset, n_frames: int, seed: int, batch_size: int = 32) -> None:
         rng = np.random.default_rng(seed + 7)
@@ -122,15 +123,19 @@ class StandardizerStatistics:
         self.batches = [dataset.batch(idx[i : i + batch_size]) for i in range(0, len(idx), batch_size)]
 
     def __call__(self, policy) -> None:
+        film = _standardizer(getattr(policy, "vision_film", None), "cond_norm")
         visual = _standardizer(policy.projector, "out_norm")
         condition = _standardizer(getattr(policy, "action_model", None), "cond_norm")
-        if visual is None and condition is None:
+        if film is None and visual is None and condition is None:
             return
         was_training = policy.training
         policy.eval()
         try:
             with torch.no_grad():
                 inputs = [self.inputs(policy, b) for b in self.batches]
+                if film is not None:  # first: the visual tokens depend on it
+                    film.set_statistics(torch.cat([policy.film_condition(policy.prompt_batch(i))
+                                                   for i in inputs]))
                 if visual is not None:
                     visual.set_statistics(torch.cat([
                         policy.projector.project(policy.vision_features(

@@ -7,14 +7,19 @@ pretrained VLM has learnt that; a small one trained from scratch on a few hundre
 the input probe's instruction gap stayed at zero (README, "Trained policies"). RT-1 and BAKU condition
 their vision encoders on the instruction with FiLM (Perez et al. 2018) for this reason. Here every ViT
 block's output is modulated per channel, `x * (1 + scale(c)) + shift(c)`, where `c` is the mean of the
-Llama's input embeddings of the instruction tokens. The linears start at zero, so a new model starts as
-the plain one. The prompt layout, the visual tokens' count and everything the pruners see are unchanged.
+Llama's input embeddings of the instruction tokens, standardised over the batch (standardizer.py): the
+instructions of a suite differ in one or two words, so the part of that mean which differs between them
+starts ~10x smaller than the shared part (and below the scale of a from-scratch embedding's updates).
+The linears start at zero, so a new model starts as the plain one. The prompt layout, the visual
+tokens' count and everything the pruners see are unchanged.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from vla_accel.policies.common.standardizer import FeatureStandardizer
 
 Modulation = list[tuple[torch.Tensor, torch.Tensor]]  # per ViT block: (scale, shift), each (B, width)
 
@@ -23,6 +28,9 @@ class TextFiLM(nn.Module):
     def __init__(self, cond_dim: int, widths: list[int], depths: list[int]) -> None:
         """widths/depths: per vision encoder, its width and the number of blocks that run."""
         super().__init__()
+        # eps far below the default: the instruction-dependent variance of a mean of 0.02-scale
+        # embeddings is ~1e-6 per feature.
+        self.cond_norm = FeatureStandardizer(cond_dim, eps=1e-10)
         self.encoders = nn.ModuleList(
             nn.ModuleList(nn.Linear(cond_dim, 2 * w) for _ in range(d)) for w, d in zip(widths, depths)
         )
@@ -32,7 +40,8 @@ class TextFiLM(nn.Module):
                 nn.init.zeros_(layer.bias)
 
     def forward(self, cond: torch.Tensor) -> list[Modulation]:
-        """cond (B, cond_dim) -> per encoder, per block, (scale, shift)."""
+        """cond (B, cond_dim), the raw instruction embedding -> per encoder, per block, (scale, shift)."""
+        cond = self.cond_norm(cond)
         return [[tuple(layer(cond).chunk(2, dim=-1)) for layer in blocks] for blocks in self.encoders]
 
 
