@@ -41,7 +41,10 @@ class TextFiLM(nn.Module):
 
     def forward(self, cond: torch.Tensor) -> list[Modulation]:
         """cond (B, cond_dim), the raw instruction embedding -> per encoder, per block, (scale, shift)."""
-        cond = self.cond_norm(cond)
+        # Unit norm, not unit variance per feature: AdamW moves every weight by ~lr per step even while
+        # its gradient is noise, so with a unit-variance input the modulation random-walked to +-1
+        # within 500 steps (measured) and swamped the image's own variation in the ViT features.
+        cond = self.cond_norm(cond) / cond.shape[-1] ** 0.5
         return [[tuple(layer(cond).chunk(2, dim=-1)) for layer in blocks] for blocks in self.encoders]
 
 
