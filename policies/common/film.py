@@ -10,8 +10,9 @@ block's output is modulated per channel, `x * (1 + scale(c)) + shift(c)`, where 
 Llama's input embeddings of the instruction tokens, standardised over the batch (standardizer.py): the
 instructions of a suite differ in one or two words, so the part of that mean which differs between them
 starts ~10x smaller than the shared part (and below the scale of a from-scratch embedding's updates).
-The linears start at zero, so a new model starts as the plain one. The prompt layout, the visual
-tokens' count and everything the pruners see are unchanged.
+then scaled to unit norm (see `forward`). The linears start at zero, so a new model starts as the
+plain one. The prompt layout, the visual tokens' count and everything the pruners see are unchanged.
+Measured: on object and spatial it did not move the instruction gap within 2500 steps either (README).
 """
 
 from __future__ import annotations
