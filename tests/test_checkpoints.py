@@ -1,4 +1,4 @@
-"""The shipped checkpoints (checkpoints/) and the presets that name them (conf/policy/*_goal.yaml)."""
+"""The shipped checkpoints (checkpoints/) and the presets that name them (conf/policy/<type>_<suite>.yaml)."""
 
 import json
 
@@ -10,15 +10,16 @@ from vla_accel.envs import make_env
 from vla_accel.policies import make_policy
 from vla_accel.policies.common.factory import REPO_ROOT
 
-SHIPPED = {"cogact_goal": "cogact", "openvla_goal": "openvla"}  # preset -> policy type
+SHIPPED = {"cogact_goal": ("cogact", "goal"), "openvla_goal": ("openvla", "goal")}  # preset -> (type, suite)
 
 
 def _policy_cfg(preset: str):
-    return compose_config("eval", [f"policy={preset}", "env=goal"]).policy
+    return compose_config("eval", [f"policy={preset}", f"env={SHIPPED[preset][1]}"]).policy
 
 
-@pytest.mark.parametrize("preset, kind", SHIPPED.items())
-def test_preset_names_a_shipped_checkpoint_of_its_architecture(preset, kind):
+@pytest.mark.parametrize("preset", SHIPPED)
+def test_preset_names_a_shipped_checkpoint_of_its_architecture(preset):
+    kind, suite = SHIPPED[preset]
     cfg = _policy_cfg(preset)
     ckpt = REPO_ROOT / cfg.path
     assert cfg.type == kind and (ckpt / "config.json").is_file() and (ckpt / "model.safetensors").is_file()
@@ -27,16 +28,18 @@ def test_preset_names_a_shipped_checkpoint_of_its_architecture(preset, kind):
     config = json.loads((ckpt / "config.json").read_text())
     assert config["llm"]["hidden_size"] == cfg.model.llm.hidden_size
     assert config["llm"]["num_layers"] == cfg.model.llm.num_layers
-    assert list(config["norm_stats"]) == ["goal"]
+    assert config["vision"][0]["image_size"] == cfg.model.vision[0].image_size
+    assert list(config["norm_stats"]) == [suite]
     card = (ckpt / "README.md").read_text()
     assert "vla-accel train" in card and "vla-accel eval" in card and "/200" in card  # command + success
 
 
 @pytest.mark.parametrize("preset", SHIPPED)
-def test_shipped_policy_acts_on_a_goal_observation_from_any_working_directory(preset, tmp_path, monkeypatch):
+def test_shipped_policy_acts_on_an_observation_of_its_suite_from_any_working_directory(preset, tmp_path,
+                                                                                       monkeypatch):
     monkeypatch.chdir(tmp_path)  # the relative checkpoint path resolves from the repository root
     policy = make_policy(_policy_cfg(preset), env=None)
-    env = make_env("goal", 9, image_size=128)
+    env = make_env(SHIPPED[preset][1], 9, image_size=128)
     try:
         obs, _ = env.reset(options={"init_state_id": 0})
         policy.reset()
