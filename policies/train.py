@@ -133,14 +133,14 @@ class StandardizerStatistics:
         try:
             with torch.no_grad():
                 inputs = [self.inputs(policy, b) for b in self.batches]
+                # The raw instruction embeddings (None without text_film): film's input, fixed here.
+                conds = [policy.film_condition(policy.prompt_batch(i)) for i in inputs]
                 if film is not None:  # first: the visual tokens depend on it
-                    film.set_statistics(torch.cat([policy.film_condition(policy.prompt_batch(i))
-                                                   for i in inputs]))
+                    film.set_statistics(torch.cat(conds))
                 if visual is not None:
                     visual.set_statistics(torch.cat([
-                        policy.projector.project(policy.vision_features(
-                            i.pixel_values, policy.film_condition(policy.prompt_batch(i))))
-                        for i in inputs]))
+                        policy.projector.project(policy.vision_features(i.pixel_values, c))
+                        for i, c in zip(inputs, conds)]))
                 if condition is not None:
                     condition.set_statistics(torch.cat([policy.training_cognition(i) for i in inputs]))
         finally:

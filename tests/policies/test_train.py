@@ -169,3 +169,28 @@ def test_standardizer_statistics_are_exact_over_the_chosen_frames(demos, tmp_pat
     torch.testing.assert_close(condition.running_mean, feats.mean(0), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(condition.running_var, feats.var(0, unbiased=False), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(saved, feats.mean(0), atol=1e-5, rtol=1e-4)  # what training saved
+
+
+def test_film_condition_statistics_are_exact_and_set_before_the_visual_tokens(demos, tmp_path):
+    from vla_accel.policies.train import StandardizerStatistics
+
+    last = run_train(train_cfg("cogact_tiny", demos, tmp_path, "train.steps=2", "train.standardizer_frames=12",
+                               "+policy.model.text_film=true"))
+    policy = policy_class("cogact").from_pretrained(last)
+    film, visual = policy.vision_film.cond_norm, policy.projector.out_norm
+    with torch.no_grad():  # scramble, and give FiLM weights so that the visual tokens depend on its statistics
+        film.running_mean.normal_()
+        for p in policy.vision_film.encoders.parameters():
+            p.normal_(std=0.5)
+    stats = StandardizerStatistics(DemoDataset([demos], ["agentview"], 16), 12, seed=0, batch_size=5)
+    stats(policy)
+    with torch.no_grad():
+        inputs = [stats.inputs(policy, b) for b in stats.batches]
+        conds = torch.cat([policy.film_condition(policy.prompt_batch(i)) for i in inputs])
+        raw = torch.cat([policy.projector.project(policy.vision_features(i.pixel_values,
+                                                                         policy.film_condition(policy.prompt_batch(i))))
+                         for i in inputs])
+    torch.testing.assert_close(film.running_mean, conds.mean(0), atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(film.running_var, conds.var(0, unbiased=False), atol=1e-9, rtol=1e-3)
+    flat = raw.reshape(-1, raw.shape[-1])  # computed with the refreshed film statistics
+    torch.testing.assert_close(visual.running_mean, flat.mean(0), atol=1e-5, rtol=1e-4)
