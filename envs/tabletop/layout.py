@@ -1,9 +1,9 @@
 """Seeded scene layouts: object positions with minimum separation, small random yaw.
 
 A layout maps each object name to `(x, y, yaw)` on the table and each zone and drawer cabinet name
-to `(x, y)`. The 50
-init states of a task are the layouts drawn from 50 fixed seeds derived from (suite, task_id, index),
-so they are the same on every machine and every run.
+to `(x, y)`. As in LIBERO, each task has one arrangement of its objects and its 50 init states move
+it by a few cm (`fixed_arrangement`, `jittered`); they are drawn from 50 fixed seeds derived from
+(suite, task_id, index), so they are the same on every machine and every run.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ INIT_SPLITS = ("eval", "train")  # reset(options={"split": ...}): evaluation sta
 TABLE_REGION = (-0.22, 0.22, -0.30, 0.30)  # x_lo, x_hi, y_lo, y_hi
 MIN_GAP = 0.025  # free space between two objects' footprint circles
 MAX_YAW = 0.35  # rad, the random yaw of objects about their upright axis
+# Per-axis jitter of a fixed arrangement. LIBERO's BDDL init regions are 2-5 cm boxes per object, so
+# each LIBERO task is one arrangement moved by a few cm, not a fresh scatter over the table.
+JITTER = 0.015
 
 Region = tuple[float, float, float, float]
 
@@ -101,6 +104,63 @@ def jittered(rng: np.random.Generator, nominal: dict[str, tuple[float, float]], 
         a = rng.uniform(-MAX_YAW, MAX_YAW) if yaw.get(name, True) else 0.0
         layout.objects[name] = (x + float(dx), y + float(dy), float(a))
     return layout
+
+
+def arrangement_seed(suite: str, task_id: int) -> int:
+    """The seed of a task's one fixed arrangement (see `fixed_arrangement`)."""
+    digest = hashlib.sha256(f"vla_accel/tabletop/{suite}/{task_id}/arrangement".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def clearance(layout: Layout, radii: dict[str, float], avoid: list[tuple[np.ndarray, float]] = ()) -> float:
+    """The smallest free space between two objects' footprint circles, or an object and an `avoid` circle."""
+    names = list(layout.objects)
+    gaps = [
+        distance(layout.xy(a), layout.xy(b)) - radii[a] - radii[b] for i, a in enumerate(names) for b in names[i + 1 :]
+    ]
+    gaps += [distance(layout.xy(n), c) - radii[n] - r for n in names for c, r in avoid]
+    return min(gaps, default=math.inf)
+
+
+def fixed_arrangement(
+    sample: Callable[[np.random.Generator], Layout],
+    seed: int,
+    radii: dict[str, float],
+    jitter: float = JITTER,
+    holds: Callable[[Layout], bool] = lambda layout: True,
+    avoid: list[tuple[np.ndarray, float]] = (),
+) -> Callable[[np.random.Generator], Layout]:
+    """LIBERO-style init states: ONE arrangement per task, drawn once from `sample` with the task's own
+    `seed`, then moved by +-`jitter` metres per object and axis (yaw redrawn) for each init state.
+
+    The arrangement is redrawn until it keeps `MIN_GAP` plus the most that two jittered objects can
+    close in (2 sqrt(2) jitter), so no init state puts objects closer than `MIN_GAP`; `holds` (the
+    task's own condition, e.g. a spatial relation) must hold for the arrangement and every init state.
+    """
+    rng = np.random.default_rng(seed)
+    margin = MIN_GAP + 2 * math.sqrt(2) * jitter
+    for _ in range(1000):
+        nominal = sample(rng)
+        if clearance(nominal, radii, avoid) >= margin and holds(nominal):
+            break
+    else:
+        raise RuntimeError(f"no arrangement of {list(radii)} keeps a gap of {margin:.3f} m and the task's condition")
+
+    def draw(rng: np.random.Generator) -> Layout:
+        for _ in range(200):
+            layout = Layout(zones=dict(nominal.zones))
+            for name, (x, y, yaw) in nominal.objects.items():
+                dx, dy = rng.uniform(-jitter, jitter, size=2)
+                a = rng.uniform(-MAX_YAW, MAX_YAW) if yaw != 0.0 else 0.0  # round things keep yaw 0
+                layout.objects[name] = (x + float(dx), y + float(dy), float(a))
+            for name, (x, y) in nominal.drawers.items():
+                dx, dy = rng.uniform(-jitter, jitter, size=2)
+                layout.drawers[name] = (x + float(dx), y + float(dy))
+            if holds(layout):
+                return layout
+        raise RuntimeError("the task's condition failed on 200 jittered arrangements")
+
+    return draw
 
 
 def around(center: np.ndarray, half: float) -> Region:

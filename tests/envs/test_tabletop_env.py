@@ -114,8 +114,9 @@ def test_different_init_states_give_different_scenes():
         env.close()
 
 
-def test_goal_suite_keeps_one_layout_up_to_jitter():
-    env = make_env("goal", 5)
+@pytest.mark.parametrize(("suite", "task_id"), [("goal", 5), ("object", 2), ("spatial", 7), ("long", 9)])
+def test_every_suite_keeps_one_arrangement_per_task_up_to_jitter(suite, task_id):
+    env = make_env(suite, task_id)
     try:
         positions = []
         for i in range(10):

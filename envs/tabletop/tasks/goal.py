@@ -16,11 +16,10 @@ from vla_accel.envs.tabletop.goals import (
     PushTo,
     Stack,
 )
-from vla_accel.envs.tabletop.layout import Layout, jittered
+from vla_accel.envs.tabletop.layout import JITTER, Layout, jittered
 from vla_accel.envs.tabletop.tasks.base import MAX_STEPS_ONE_STAGE, Task, slug
 
 SUITE = "goal"
-JITTER = 0.015  # metres, per object and axis
 
 OBJECTS = (
     O.bowl("bowl"),

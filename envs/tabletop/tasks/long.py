@@ -1,7 +1,8 @@
 """`long` suite (LIBERO-10's idea): two-stage tasks; success needs both goals to hold at once.
 
-Layouts are drawn at random per init state (destinations first); the one task with the drawer keeps
-its cabinet at the back right (jittered) and the other objects clear of the drawer's path.
+Each task has one arrangement, drawn once from the task's own seed (destinations first), that its init
+states move by +-1.5 cm (LIBERO's small init regions); the one task with the drawer keeps its cabinet
+at the back right and the other objects clear of the drawer's path.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from vla_accel.envs.tabletop import objects as O
 from vla_accel.envs.tabletop.goals import Goal, OpenDrawer, PlaceIn, PlaceOn, Stack
-from vla_accel.envs.tabletop.layout import Item, Layout, place_items
+from vla_accel.envs.tabletop.layout import Item, Layout, arrangement_seed, fixed_arrangement, place_items
 from vla_accel.envs.tabletop.tasks.base import MAX_STEPS_TWO_STAGES, Task, slug
 
 SUITE = "long"
@@ -73,7 +74,9 @@ def _objects_for(goals: tuple[Goal, Goal]) -> tuple[O.ObjectSpec, ...]:
     return tuple(_ALL[n] for n in names)
 
 
-def _layout(objects: tuple[O.ObjectSpec, ...], with_drawer: bool):
+def _scatter(objects: tuple[O.ObjectSpec, ...], with_drawer: bool):
+    """Where a task's arrangement comes from."""
+
     def sample(rng: np.random.Generator) -> Layout:
         items = [Item(o.name, o.footprint_radius, yaw=not isinstance(o, (O.Cylinder, O.Plate))) for o in objects]
         if not with_drawer:
@@ -91,10 +94,13 @@ def tasks() -> list[Task]:
     for task_id, (text, goals) in enumerate(_SPECS):
         objects = _objects_for(goals)
         drawers = (O.Drawer("drawer"),) if any(isinstance(g, OpenDrawer) for g in goals) else ()
+        init_states = fixed_arrangement(
+            _scatter(objects, bool(drawers)),
+            arrangement_seed(SUITE, task_id),
+            {o.name: o.footprint_radius for o in objects},
+            avoid=list(_DRAWER_KEEP_OUT) if drawers else [],
+        )
         out.append(
-            Task(
-                SUITE, task_id, slug(text), text, objects, _layout(objects, bool(drawers)), goals,
-                MAX_STEPS_TWO_STAGES, drawers=drawers,
-            )
+            Task(SUITE, task_id, slug(text), text, objects, init_states, goals, MAX_STEPS_TWO_STAGES, drawers=drawers)
         )
     return out

@@ -1,6 +1,7 @@
 """`object` suite (LIBERO-Object's idea): pick the named object among distractors and put it in the
 basket. Ten distinct objects (colour and shape); task i targets object i, with four fixed distractors
-per task; every init state scatters them (and the basket) anew.
+per task. Each task has one arrangement of its basket and objects, drawn once from the task's own seed,
+that its init states move by +-1.5 cm (LIBERO's small init regions).
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from vla_accel.envs.tabletop import objects as O
 from vla_accel.envs.tabletop.goals import PlaceIn
-from vla_accel.envs.tabletop.layout import Item, Layout, place_items
+from vla_accel.envs.tabletop.layout import Item, Layout, arrangement_seed, fixed_arrangement, place_items
 from vla_accel.envs.tabletop.tasks.base import MAX_STEPS_ONE_STAGE, Task, slug
 
 SUITE = "object"
@@ -29,13 +30,13 @@ POOL = (
 DISTRACTOR_OFFSETS = (1, 3, 6, 8)  # task i's distractors: POOL[(i + k) % 10]
 
 
-def _layout(names: list[str]):
-    specs = {o.name: o for o in POOL}
-    basket = O.basket()
+def _scatter(objects: tuple[O.ObjectSpec, ...]):
+    """Basket away from the table's edges, the rest anywhere: where a task's arrangement comes from."""
 
     def sample(rng: np.random.Generator) -> Layout:
-        items = [Item("basket", basket.footprint_radius, (-0.17, 0.17, -0.22, 0.22), yaw=True)]
-        items += [Item(n, specs[n].footprint_radius, yaw=not isinstance(specs[n], O.Cylinder)) for n in names]
+        basket, *rest = objects
+        items = [Item(basket.name, basket.footprint_radius, (-0.17, 0.17, -0.22, 0.22), yaw=True)]
+        items += [Item(o.name, o.footprint_radius, yaw=not isinstance(o, O.Cylinder)) for o in rest]
         return place_items(rng, items, gap=0.03)
 
     return sample
@@ -54,7 +55,9 @@ def tasks() -> list[Task]:
                 slug(instruction),
                 instruction,
                 objects,
-                _layout([o.name for o in (target, *distractors)]),
+                fixed_arrangement(
+                    _scatter(objects), arrangement_seed(SUITE, task_id), {o.name: o.footprint_radius for o in objects}
+                ),
                 (PlaceIn(target.name, "basket"),),
                 MAX_STEPS_ONE_STAGE,
             )
