@@ -10,7 +10,12 @@ from vla_accel.envs import make_env
 from vla_accel.policies import make_policy
 from vla_accel.policies.common.factory import REPO_ROOT
 
-SHIPPED = {"cogact_goal": ("cogact", "goal"), "openvla_goal": ("openvla", "goal")}  # preset -> (type, suite)
+SHIPPED = {  # preset -> (type, suite)
+    "cogact_goal": ("cogact", "goal"),
+    "cogact_object": ("cogact", "object"),
+    "cogact_spatial": ("cogact", "spatial"),
+    "openvla_goal": ("openvla", "goal"),
+}
 
 
 def _policy_cfg(preset: str):
