@@ -2,6 +2,7 @@
 
     python scripts/success_table.py cogact=outputs/eval/a/eval_info.json openvla=outputs/eval/b/eval_info.json
     python scripts/success_table.py run=eval_info.json --per-task     # one row per task as well
+    python scripts/success_table.py cogact=goal/eval_info.json,object/eval_info.json   # one column, two runs
 """
 
 from __future__ import annotations
@@ -10,11 +11,25 @@ import argparse
 import json
 from pathlib import Path
 
-from vla_accel.stats import format_rate
+from vla_accel.stats import format_rate, success_metrics
 
 
 def cell(m: dict) -> str:
     return f"{m['n_success']}/{m['n_episodes']} = {format_rate(m)}"
+
+
+def merge(infos: list[dict]) -> dict:
+    """One column from several eval runs of one policy (e.g. one per suite): their suites side by side,
+    the overall rate pooled over all their episodes."""
+    per_group: dict[str, dict] = {}
+    for info in infos:
+        if set(per_group) & set(info["per_group"]):
+            raise ValueError(f"suite(s) {sorted(set(per_group) & set(info['per_group']))} appear in two runs of one column")
+        per_group.update(info["per_group"])
+    n_success = sum(info["overall"]["n_success"] for info in infos)
+    n_episodes = sum(info["overall"]["n_episodes"] for info in infos)
+    return {"per_group": per_group, "per_task": [t for info in infos for t in info["per_task"]],
+            "overall": success_metrics(n_success, n_episodes)}
 
 
 def table(runs: dict[str, dict], per_task: bool = False) -> str:
@@ -39,7 +54,7 @@ def table(runs: dict[str, dict], per_task: bool = False) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", help="NAME=path/to/eval_info.json (column name = NAME)")
+    ap.add_argument("runs", nargs="+", help="NAME=path/to/eval_info.json[,another.json] (column name = NAME)")
     ap.add_argument("--per-task", action="store_true", help="also one row per task")
     args = ap.parse_args()
     runs = {}
@@ -47,7 +62,7 @@ def main() -> None:
         name, sep, path = spec.partition("=")
         if not sep:
             name, path = Path(spec).parent.name, spec
-        runs[name] = json.loads(Path(path).read_text())
+        runs[name] = merge([json.loads(Path(p).read_text()) for p in path.split(",")])
     print(table(runs, args.per_task))
 
 
