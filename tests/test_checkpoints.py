@@ -14,6 +14,7 @@ SHIPPED = {  # preset -> (type, suite)
     "cogact_goal": ("cogact", "goal"),
     "cogact_object": ("cogact", "object"),
     "cogact_spatial": ("cogact", "spatial"),
+    "cogact_long": ("cogact", "long"),
     "openvla_goal": ("openvla", "goal"),
 }
 
