@@ -145,14 +145,13 @@ def fixed_arrangement(
             break
     else:
         raise RuntimeError(f"no arrangement of {list(radii)} keeps a gap of {margin:.3f} m and the task's condition")
+    positions = {n: (x, y) for n, (x, y, _) in nominal.objects.items()}
+    turns = {n: a != 0.0 for n, (_, _, a) in nominal.objects.items()}  # round things (yaw 0 here) keep yaw 0
 
     def draw(rng: np.random.Generator) -> Layout:
         for _ in range(200):
-            layout = Layout(zones=dict(nominal.zones))
-            for name, (x, y, yaw) in nominal.objects.items():
-                dx, dy = rng.uniform(-jitter, jitter, size=2)
-                a = rng.uniform(-MAX_YAW, MAX_YAW) if yaw != 0.0 else 0.0  # round things keep yaw 0
-                layout.objects[name] = (x + float(dx), y + float(dy), float(a))
+            layout = jittered(rng, positions, jitter, yaw=turns)
+            layout.zones = dict(nominal.zones)
             for name, (x, y) in nominal.drawers.items():
                 dx, dy = rng.uniform(-jitter, jitter, size=2)
                 layout.drawers[name] = (x + float(dx), y + float(dy))

@@ -59,7 +59,7 @@ def test_spatial_relation_holds_with_its_margin_in_every_init_state():
 def test_fixed_arrangement_is_reproducible_and_reports_the_impossible():
     items = [Item("a", 0.03), Item("b", 0.03), Item("c", 0.03)]
     radii = {it.name: it.radius for it in items}
-    make = lambda: fixed_arrangement(lambda rng: place_items(rng, items), arrangement_seed("x", 0), radii)  # noqa: E731
+    make = lambda: fixed_arrangement(lambda rng: place_items(rng, items), arrangement_seed("x", 0), radii)
     a = make()(np.random.default_rng(5))
     b = make()(np.random.default_rng(5))
     assert a.objects == b.objects

@@ -76,7 +76,7 @@ def _between_layout(rng: np.random.Generator) -> Layout:
 
 def _between(p: dict[str, np.ndarray]) -> bool:
     """cube_a on the bowl-plate segment, cube_b well off it, bowl and plate far apart."""
-    seg = lambda n: _segment_distance(p[n], p["bowl"], p["plate"])  # noqa: E731
+    seg = lambda n: _segment_distance(p[n], p["bowl"], p["plate"])
     return distance(p["bowl"], p["plate"]) > 0.26 and seg("cube_a") < 0.05 and seg("cube_b") > 0.1
 
 
