@@ -2,7 +2,9 @@
 
 `HFRunner` is the plain runner: transformers' own `LlamaModel` forward with a `DynamicCache`, explicit
 position ids cumsum(mask) - 1, and the left-padding mask carried in the cache object so that decode
-steps keep ignoring the pads. The accelerator swaps in its own runner with the same four methods.
+steps keep ignoring the pads. The accelerator swaps in its own runner with the same methods. Besides
+the LLM calls, the runner is the policy's seam for episode state: the policy hands it each frame's
+pixels on image encoding (`observe_frame`, VLA-Cache's input), and forks it for a new episode (`fork`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache, LlamaForCausalLM
 
+from vla_accel.policies.common.hf_compat import cache_kwarg
 from vla_accel.policies.common.prompt import positions_from_mask
 
 
@@ -28,6 +31,10 @@ class PrefillResult:
 @runtime_checkable
 class LLMRunner(Protocol):
     def reset(self) -> None: ...
+
+    def fork(self) -> "LLMRunner": ...
+
+    def observe_frame(self, pixel_values: Tensor, num_visual: int) -> None: ...
 
     def prefill(self, llm: LlamaForCausalLM, inputs_embeds: Tensor, attention_mask: Tensor,
                 visual_start: Tensor, num_visual: int, text_mask: Tensor) -> PrefillResult: ...
@@ -52,6 +59,12 @@ class HFRunner:
     def reset(self) -> None:  # no temporal state
         pass
 
+    def fork(self) -> "HFRunner":
+        return HFRunner()  # stateless, but a forked episode never shares a runner
+
+    def observe_frame(self, pixel_values: Tensor, num_visual: int) -> None:
+        pass  # the plain forward needs nothing of the frame
+
     def end_step(self) -> None:
         pass
 
@@ -60,7 +73,7 @@ class HFRunner:
         cache = DynamicCache(config=llm.config)
         position_ids = positions_from_mask(attention_mask)
         out = llm.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                        position_ids=position_ids, past_key_values=cache, use_cache=True)
+                        position_ids=position_ids, **cache_kwarg(llm.model, cache), use_cache=True)
         hidden = out.last_hidden_state[:, -1]  # (B, D); prompts are left-padded, so -1 is last real
         logits = llm.lm_head(hidden)
         return PrefillResult(logits=logits, hidden=hidden,
@@ -72,6 +85,6 @@ class HFRunner:
         ones = torch.ones_like(cache.attention_mask[:, :1])
         cache.attention_mask = torch.cat([cache.attention_mask, ones], dim=1)  # (B, T_past + 1)
         out = llm.model(inputs_embeds=token_embeds, attention_mask=cache.attention_mask,
-                        position_ids=position_ids, past_key_values=cache.kv, use_cache=True)
+                        position_ids=position_ids, **cache_kwarg(llm.model, cache.kv), use_cache=True)
         hidden = out.last_hidden_state[:, -1]
         return llm.lm_head(hidden), hidden

@@ -18,10 +18,10 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from vla_accel.accel_config import AccelConfig, LayerSkipConfig, TokenPruningConfig
-from vla_accel.flops import LLMShape, accelerated_prefill_flops
+from vla_accel.accel.config import AccelConfig, LayerSkipConfig, TokenPruningConfig
+from vla_accel.accel.flops import LLMShape, accelerated_prefill_flops
 from vla_accel.policies.llm_runner import HFRunner
-from vla_accel.runner import AcceleratedRunner
+from vla_accel.accel.runner import AcceleratedRunner
 
 
 def configs(num_layers: int) -> dict[str, AccelConfig | None]:

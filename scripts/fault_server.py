@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _serve_fixtures import synthetic_obs, write_random_checkpoint  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 
-from vla_accel.client import WebsocketClientPolicy, packb, unpackb  # noqa: E402
-from vla_accel.serving.server_process import ServerProcess  # noqa: E402
+from vla_accel.runtime.client import WebsocketClientPolicy, packb, unpackb  # noqa: E402
+from vla_accel.runtime.serving.server_process import ServerProcess  # noqa: E402
 
 
 def healthz(port: int) -> int:
@@ -67,7 +67,7 @@ def same(a: list[tuple], b: list[tuple]) -> bool:
 KILLED_CLIENT = textwrap.dedent("""
     import sys, numpy as np
     from websockets.sync.client import connect
-    from vla_accel.client import packb
+    from vla_accel.runtime.client import packb
     port, size = int(sys.argv[1]), int(sys.argv[2])
     rng = np.random.default_rng(7)
     with connect(f"ws://127.0.0.1:{port}", proxy=None) as ws:

@@ -3,7 +3,7 @@
     python scripts/soak_server.py --steps 10000 --preset cogact_tiny --accel vla_pruner --keep-ratio 0.5
 
 Starts `vla-accel serve` (a random-weight checkpoint of --preset unless --checkpoint is given) on
-127.0.0.1, then drives --steps control steps through `vla_accel.client.WebsocketClientPolicy`, one
+127.0.0.1, then drives --steps control steps through `vla_accel.runtime.client.WebsocketClientPolicy`, one
 request per step (--mode select_action: the server's per-connection action queue, a model call every
 n_action_steps; --mode infer: a model call every step), with a reset every --episode-steps. Every
 request carries a sequence number; a reply with another number counts as reordered, a request with no
@@ -26,8 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _serve_fixtures import synthetic_obs, write_random_checkpoint  # noqa: E402
 
-from vla_accel.client import ServerError, WebsocketClientPolicy  # noqa: E402
-from vla_accel.serving.server_process import ServerProcess  # noqa: E402
+from vla_accel.runtime.client import ServerError, WebsocketClientPolicy  # noqa: E402
+from vla_accel.runtime.serving.server_process import ServerProcess  # noqa: E402
 
 
 def percentiles(ms: list[float]) -> dict:

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vla_accel.stats import format_rate, success_metrics
+from vla_accel.measure.stats import format_rate, success_metrics
 
 
 def cell(m: dict) -> str:

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from fakes import compose_config
+from fixtures.fakes import compose_config
 
 from vla_accel.envs import make_env
 from vla_accel.policies import make_policy

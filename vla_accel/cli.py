@@ -35,20 +35,20 @@ class Subcommand:
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
-    "collect": Subcommand("vla_accel.collect:run", "record scripted-expert demonstrations (HDF5)",
+    "collect": Subcommand("vla_accel.data.collect:run", "record scripted-expert demonstrations (HDF5)",
                           config_name="collect"),
-    "eval": Subcommand("vla_accel.eval:run", "roll a policy out over suites/tasks; write eval_info.json",
+    "eval": Subcommand("vla_accel.harness.eval:run", "roll a policy out over suites/tasks; write eval_info.json",
                        config_name="eval"),
-    "bench": Subcommand("vla_accel.bench:run", "latency of each acceleration config, interleaved; bench.json/md",
+    "bench": Subcommand("vla_accel.tools.bench:run", "latency of each acceleration config, interleaved; bench.json/md",
                         config_name="bench"),
     "train": Subcommand("vla_accel.policies.train:run", "train an OpenVLA/CogACT-style policy on HDF5 demos",
                         config_name="train"),
-    "serve": Subcommand("vla_accel.serving.serve_cli:run",
+    "serve": Subcommand("vla_accel.runtime.serving.serve_cli:run",
                         "serve a policy over websocket+msgpack (openpi-style; GET /healthz)", config_name="serve"),
-    "calibrate": Subcommand("vla_accel.calibrate:run",
+    "calibrate": Subcommand("vla_accel.tools.calibrate:run",
                             "rank a VLA's LLM layers by importance (EfficientVLA); write the layer-skip ranking JSON",
                             config_name="calibrate"),
-    "sweep": Subcommand("vla_accel.sweep.run:main",
+    "sweep": Subcommand("vla_accel.tools.sweep.run:main",
                         "methods x keep ratios (+ baseline) as eval multiruns, bench, CSV/Markdown/Pareto plots; "
                         "`sweep aggregate DIR`"),
 }

@@ -8,6 +8,11 @@ linear layer on the H action tokens -> predicted noise (B, H, A).
 Classifier-free guidance: `null_condition` is a learned vector in the condition space that replaces
 the condition with probability `cond_drop_prob` in training.
 
+Feature-cache seam: `DiT.feature_cache` (None by default) is the hook the accelerator sets for
+EfficientVLA's head cache. With one set, every block asks it for its `attn` / `mlp` output instead of
+calling them (it recomputes or serves a stored output), the DiT reports the end of each call, and the
+sampler announces each new denoising loop; the weights and classes stay as they are.
+
 `standardize` maps the cognition feature to that condition space: the identity, or with
 `standardize_condition` a batch-statistics standardiser for VLMs trained from scratch, whose cognition
 feature is ~99% constant (policies/common/standardizer.py says why).
@@ -16,12 +21,26 @@ feature is ~99% constant (policies/common/standardizer.py says why).
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vla_accel.policies.common.standardizer import FeatureStandardizer
+
+
+class FeatureCache(Protocol):
+    """What the DiT asks of a feature cache set on `DiT.feature_cache`."""
+
+    def start_loop(self) -> None:
+        """A new denoising loop (one control step's DDIM steps) begins: forget every stored output."""
+
+    def output(self, key: tuple[int, str], module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """`module(x)`, or the output stored under `key` at the last refresh."""
+
+    def end_call(self) -> None:
+        """One DiT call (one denoising step) is done."""
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -78,9 +97,12 @@ class DiTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(width, eps=1e-6)
         self.mlp = FeedForward(width, int(width * mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+    def forward(self, x: torch.Tensor, cache: FeatureCache | None = None, index: int = 0) -> torch.Tensor:
+        if cache is None:
+            x = x + self.attn(self.norm1(x))
+            return x + self.mlp(self.norm2(x))
+        x = x + cache.output((index, "attn"), self.attn, self.norm1(x))
+        return x + cache.output((index, "mlp"), self.mlp, self.norm2(x))
 
 
 class DiT(nn.Module):
@@ -101,6 +123,7 @@ class DiT(nn.Module):
         self.final_proj = nn.Linear(width, action_dim)
         nn.init.zeros_(self.final_proj.weight)  # start by predicting zero noise (DiT's init)
         nn.init.zeros_(self.final_proj.bias)
+        self.feature_cache: FeatureCache | None = None  # the accelerator's head-cache hook (module docstring)
 
     def standardize(self, cognition: torch.Tensor) -> torch.Tensor:
         """(B, C) cognition features -> conditions (identity unless `standardize_condition`)."""
@@ -116,8 +139,16 @@ class DiT(nn.Module):
         """(B, 2 + H, W) -> predicted noise (B, H, A)."""
         return self.final_proj(self.final_norm(tokens[:, -self.horizon :]))
 
+    def start_loop(self) -> None:
+        """The sampler calls this before each denoising loop (it restarts the feature cache, if any)."""
+        if self.feature_cache is not None:
+            self.feature_cache.start_loop()
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        cache = self.feature_cache
         tokens = self.embed(x, t, cond)
-        for block in self.blocks:
-            tokens = block(tokens)
+        for i, block in enumerate(self.blocks):
+            tokens = block(tokens, cache, i)
+        if cache is not None:
+            cache.end_call()
         return self.head(tokens)

@@ -4,7 +4,7 @@ the DiT head by DDIM (optionally classifier-free guided); un-normalise with q01/
 
 from __future__ import annotations
 
-from collections import deque
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,6 @@ class CogACTPolicy(VLMBase):
                                 config.standardize_condition)
         self.diffusion = DDIM(config.diffusion_steps, config.noise_schedule)
         self.ensembler = AdaptiveEnsembler(config.ensemble_horizon, config.ensemble_alpha)
-        self._queue: deque[np.ndarray] = deque()
         self._generator = torch.Generator()
         self._seed_noise()
 
@@ -46,6 +45,13 @@ class CogACTPolicy(VLMBase):
     def _seed_noise(self) -> None:
         if self.config.sampling_seed is not None:
             self._generator.manual_seed(self.config.sampling_seed)
+
+    def _fresh_episode_state(self) -> None:
+        super()._fresh_episode_state()
+        self.ensembler = copy.deepcopy(self.ensembler)  # a small deque of past chunks
+        generator = torch.Generator(device=self._generator.device)  # same seed schedule, own stream
+        generator.set_state(self._generator.get_state())
+        self._generator = generator
 
     # --- LeRobot-style API --------------------------------------------------------------------
     def reset(self) -> None:
@@ -69,7 +75,7 @@ class CogACTPolicy(VLMBase):
         noise: optional (B, H, A) initial noise (else drawn from the policy's seeded generator)."""
         key = unnorm_key if unnorm_key is not None else self.unnorm_key
         stats = action_stats(self.config.norm_stats, key)
-        with self.timed_call():  # one inference call (vla_accel.timing)
+        with self.timed_call():  # one inference call (vla_accel.measure.timing)
             cognition = self.cognition_feature(self.process(self.parse(obs)))  # (B, D)
             with self.timer.stage("action_head"):
                 normalized = self.sample_actions(cognition, noise).float().cpu()
@@ -111,6 +117,7 @@ class CogACTPolicy(VLMBase):
         if guided:  # one batched pass: [conditional; null condition]
             cond = torch.cat([cond, self.action_model.null_condition.expand(b, -1).to(model_dtype)], dim=0)
         steps = self.diffusion.timesteps(cfg.ddim_steps)
+        self.action_model.start_loop()
         for i, t in enumerate(steps):
             t_prev = steps[i + 1] if i + 1 < len(steps) else -1
             x_in = (torch.cat([x, x], dim=0) if guided else x).to(model_dtype)

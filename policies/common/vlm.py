@@ -7,7 +7,9 @@ Every LLM call goes through `self.runner` (docs/interfaces.md, "The LLM runner s
 
 from __future__ import annotations
 
+import copy
 import json
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,10 @@ from vla_accel.policies.common.prompt import PromptBatch, build_prompt_batch, sc
 from vla_accel.policies.common.tokenizer import build_tokenizer
 from vla_accel.policies.common.vision import VisionBackbone
 from vla_accel.policies.common.vlm_config import VLMConfig
+from vla_accel.policies.call_styles import infer
 from vla_accel.policies.llm_runner import HFRunner, PrefillResult
 from vla_accel.policies.openvla.processor_openvla import ProcessedInputs, VLAProcessor
-from vla_accel.timing import StageTimer
+from vla_accel.measure.timing import StageTimer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -63,9 +66,10 @@ class VLMBase(nn.Module):
                                     [v.last_block + 1 for v in config.vision]) if config.text_film else None
         self.runner = runner if runner is not None else HFRunner()
         self.unnorm_key: str | None = None
-        # Per-stage timing of each inference call (vla_accel.timing): vision, prefill, decode, action_head.
+        self._queue: deque = deque()  # select_action's actions still to execute (per episode)
+        # Per-stage timing of each inference call (vla_accel.measure.timing): vision, prefill, decode, action_head.
         self.timer = StageTimer()
-        self.last_prompt_tokens = 0  # T of the last prefill (for the FLOPs count, vla_accel.call_accounting)
+        self.last_prompt_tokens = 0  # T of the last prefill (for the FLOPs count, vla_accel.accel.call_accounting)
         self.last_batch_size = 0
 
     # --- timing -------------------------------------------------------------------------------
@@ -78,6 +82,31 @@ class VLMBase(nn.Module):
         """Context of one inference call (CUDA-synchronised stage boundaries when the model is on CUDA)."""
         self.timer.cuda = self.device.type == "cuda"
         return self.timer.call()
+
+    # --- call styles and episodes ------------------------------------------------------------
+    def infer(self, obs: dict) -> dict[str, Any]:
+        """openpi's call style: one unbatched observation -> {"actions": (H, A), "policy_timing", ...}."""
+        return infer(self, obs)
+
+    def fork_episode(self) -> "VLMBase":
+        """A view of this policy sharing every parameter and buffer, with its own episode state (reset).
+
+        ``copy.copy`` of an ``nn.Module`` copies its ``__dict__`` shallowly: ``_parameters`` /
+        ``_modules`` / ``_buffers`` stay the very same dicts, so every tensor is shared (no memory, and a
+        weight update is seen by all views). The runner (the accelerator's temporal state), the select_action
+        queue and the stage timer are the view's own; subclasses add theirs in ``_fresh_episode_state``.
+        The views must not run concurrently (they share modules, and a DiT feature cache lives in the
+        shared DiT): a server serialises inference through one worker thread."""
+        view = copy.copy(self)
+        view.runner = self.runner.fork()
+        view.timer = copy.copy(self.timer)  # its own `last` record and call count
+        view.timer.last = {}
+        view._fresh_episode_state()
+        view.reset()
+        return view
+
+    def _fresh_episode_state(self) -> None:
+        self._queue = deque(maxlen=self._queue.maxlen)
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
@@ -110,6 +139,7 @@ class VLMBase(nn.Module):
         """(B, n_cameras, C, S, S) -> visual tokens (B, n_cameras * P, D_llm).
         film_cond: `film_condition(batch)`, needed when config.text_film."""
         b, n_cam = pixel_values.shape[:2]
+        self.runner.observe_frame(pixel_values, self.config.num_visual_tokens)  # the runner seam's frame hook
         visual = self.projector(self.vision_features(pixel_values, film_cond))  # (B * n_cam, P, D)
         return visual.reshape(b, n_cam * visual.shape[1], visual.shape[2])
 

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,6 @@ class OpenVLAPolicy(VLMBase):
     def __init__(self, config: OpenVLAConfig, tokenizer, runner=None) -> None:
         super().__init__(config, tokenizer, runner)
         self.action_tokenizer = ActionTokenizer(config.action_vocab_end, config.n_action_bins)
-        self._queue: deque[np.ndarray] = deque()
 
     @staticmethod
     def n_action_tokens(config: OpenVLAConfig) -> int:
@@ -69,7 +67,7 @@ class OpenVLAPolicy(VLMBase):
     def _predict(self, parsed: ParsedObs, unnorm_key: str | None = None) -> np.ndarray:
         key = unnorm_key if unnorm_key is not None else self.unnorm_key
         stats = action_stats(self.config.norm_stats, key)  # fail early on a bad key
-        with self.timed_call():  # one inference call (vla_accel.timing)
+        with self.timed_call():  # one inference call (vla_accel.measure.timing)
             tokens = self.generate_action_tokens(self.process(parsed))  # (B, A)
             normalized = self.action_tokenizer.decode(tokens.cpu().numpy())
             self.runner.end_step()

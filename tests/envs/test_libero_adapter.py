@@ -286,7 +286,7 @@ def test_env_configs_match_the_tabletop_keys(suite):
 
     from omegaconf import OmegaConf
 
-    from vla_accel.task_selection import env_kwargs
+    from vla_accel.harness.task_selection import env_kwargs
 
     conf = files("vla_accel.conf") / "env"
     cfg = OmegaConf.load(str(conf / f"{suite}.yaml"))

@@ -239,7 +239,7 @@ def test_env_config_matches_the_tabletop_keys_and_builds_the_native_rate_env():
 
     from omegaconf import OmegaConf
 
-    from vla_accel.task_selection import env_kwargs
+    from vla_accel.harness.task_selection import env_kwargs
 
     conf = files("vla_accel.conf") / "env"
     cfg = OmegaConf.load(str(conf / "metaworld.yaml"))

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from fakes import FakeTabletopEnv, needs_real_tabletop
+from fixtures.fakes import FakeTabletopEnv, needs_real_tabletop
 from omegaconf import OmegaConf
 
 from vla_accel import policies
@@ -64,7 +64,7 @@ def test_env_without_expert_is_a_clear_error():
 @needs_real_tabletop
 def test_expert_policy_solves_a_real_tabletop_task():
     from vla_accel.envs import list_tasks, make_env
-    from vla_accel.rollout import run_episode
+    from vla_accel.harness.rollout import run_episode
 
     task = list_tasks("spatial")[0]
     env = make_env("spatial", task.task_id, image_size=64)

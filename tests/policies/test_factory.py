@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-from vla_helpers import policy_yaml, random_obs, tiny_model_dict
+from fixtures.vla_helpers import policy_yaml, random_obs, tiny_model_dict
 
 from vla_accel.policies import make_policy
 from vla_accel.policies.cogact.configuration_cogact import CogACTConfig

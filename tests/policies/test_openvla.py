@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from vla_helpers import INSTRUCTIONS, random_obs, tiny_model_dict
+from fixtures.vla_helpers import INSTRUCTIONS, random_obs, tiny_model_dict
 
 from vla_accel.policies.common.action_tokenizer import compute_norm_stats
 from vla_accel.policies.llm_runner import HFRunner

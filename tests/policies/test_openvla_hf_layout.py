@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
-from vla_helpers import INSTRUCTIONS
+from fixtures.vla_helpers import INSTRUCTIONS
 
 from vla_accel.policies.common.action_tokenizer import compute_norm_stats
 from vla_accel.policies.common.tokenizer import build_tokenizer

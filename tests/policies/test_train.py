@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 from safetensors.torch import load_file
-from vla_helpers import write_demos
+from fixtures.vla_helpers import write_demos
 
 from vla_accel.cli import main as cli_main
 from vla_accel.policies.data import DemoDataset, augment

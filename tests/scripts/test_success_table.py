@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vla_accel.stats import success_metrics
+from vla_accel.measure.stats import success_metrics
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "success_table.py"
 

@@ -1,0 +1,115 @@
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+import vla_accel.conf
+from vla_accel.accel.config import AccelConfig, HeadCacheConfig, LayerSkipConfig, TokenPruningConfig, resolve_plan
+from vla_accel.accel.pruning import METHODS
+
+ACCEL_DIR = Path(vla_accel.conf.__file__).parent / "accel"
+
+
+def test_every_method_has_a_config_file_that_builds():
+    names = {p.stem for p in ACCEL_DIR.glob("*.yaml")}
+    assert set(METHODS) | {"none"} <= names
+    for path in ACCEL_DIR.glob("*.yaml"):
+        d = OmegaConf.to_container(OmegaConf.load(path))
+        cfg = AccelConfig.from_dict(d)
+        assert d["name"] == path.stem
+        if path.stem == "none":
+            assert cfg.is_off
+        elif path.stem == "vla_cache":
+            assert cfg.pruning is None and cfg.reuse.static_threshold == 0.996 and cfg.reuse.max_static == 150
+            assert resolve_plan(cfg, 32).relevance_layer == 15
+        else:
+            assert cfg.pruning.method == d["method"] and cfg.layer_skip is None and cfg.head_cache is None
+            resolve_plan(cfg, 32)  # binds to a Llama-2-7B-sized model
+
+
+def test_budget_from_ratio_or_tokens():
+    assert TokenPruningConfig("fastv", keep_ratio=0.125).budget(256) == 32
+    assert TokenPruningConfig("fastv", keep_ratio=0.001).budget(256) == 1
+    assert TokenPruningConfig("fastv", keep_tokens=56).budget(256) == 56
+    assert TokenPruningConfig("fastv", keep_ratio=1.0).budget(256) == 256
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(method="fastv", keep_ratio=0.0), r"keep_ratio must be in \(0, 1\]"),
+        (dict(method="fastv", keep_ratio=1.5), r"keep_ratio must be in \(0, 1\]"),
+        (dict(method="fastv", keep_ratio=-0.5), r"keep_ratio must be in \(0, 1\]"),
+        (dict(method="fastv", keep_ratio=0.5, keep_tokens=10), "not both"),
+        (dict(method="fastv"), "one of keep_ratio or keep_tokens"),
+        (dict(method="fastv", keep_tokens=0), "positive integer"),
+        (dict(method="vla_prunr", keep_ratio=0.5), r"Did you mean 'vla_pruner'\?.*Valid:"),
+        (dict(method="fastv", keep_ratio=0.5, layer=-1), "non-negative"),
+        (dict(method="vla_pruner", keep_ratio=0.5, params={"gama": 0.8}), r"unknown parameter\(s\) \['gama'\]"),
+        (dict(method="vla_pruner", keep_ratio=0.5, params={"gamma": 2.0}), "gamma"),
+    ],
+)
+def test_bad_pruning_config_fails_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TokenPruningConfig(**kwargs)
+
+
+def test_bad_layer_skip_and_head_cache():
+    with pytest.raises(ValueError, match=">= 0"):
+        LayerSkipConfig(layers=(3, -1))
+    with pytest.raises(ValueError, match="duplicate"):
+        LayerSkipConfig(layers=(3, 5, 3))
+    with pytest.raises(ValueError, match="num_drop needs a ranking_file"):
+        LayerSkipConfig(num_drop=2)
+    with pytest.raises(ValueError, match="interval"):
+        HeadCacheConfig(interval=0)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['keep_rato'\]"):
+        AccelConfig.from_dict({"method": "fastv", "keep_rato": 0.5})
+    with pytest.raises(ValueError, match="cannot be combined"):
+        AccelConfig.from_dict({"method": "fastv", "keep_ratio": 0.5, "reuse": {}})
+    with pytest.raises(ValueError, match=r"unknown reuse key\(s\) \['threshold'\]"):
+        AccelConfig.from_dict({"reuse": {"threshold": 0.9}})
+
+
+def test_binding_to_a_model_checks_layer_indices():
+    fastv = TokenPruningConfig("fastv", keep_ratio=0.5, layer=32)
+    with pytest.raises(ValueError, match="beyond the model's 32 layers"):
+        resolve_plan(AccelConfig(pruning=fastv), 32)
+    with pytest.raises(ValueError, match=r"layers \[40\] do not exist"):
+        resolve_plan(AccelConfig(layer_skip=LayerSkipConfig(layers=(40,))), 32)
+    with pytest.raises(ValueError, match="K-1=2, which is skipped"):
+        resolve_plan(AccelConfig(TokenPruningConfig("fastv", keep_ratio=0.5), LayerSkipConfig(layers=(2,))), 32)
+    with pytest.raises(ValueError, match="K must be >= 1"):
+        resolve_plan(AccelConfig(TokenPruningConfig("fastv", keep_ratio=0.5, layer=0)), 32)
+    with pytest.raises(ValueError, match="action_layer=15 is skipped"):
+        resolve_plan(AccelConfig(TokenPruningConfig("vla_pruner", keep_ratio=0.5), LayerSkipConfig(layers=(15,))), 32)
+
+
+def test_plan_defaults():
+    plan = resolve_plan(AccelConfig(TokenPruningConfig("vla_pruner", keep_ratio=0.5)), 32)
+    assert (plan.prune_layer, plan.score_layer, plan.action_layer) == (3, 2, 15)
+    plan = resolve_plan(AccelConfig(TokenPruningConfig("divprune", keep_ratio=0.5), LayerSkipConfig((30, 31))), 32)
+    assert (plan.prune_layer, plan.score_layer, plan.action_layer) == (0, None, None)
+    assert plan.executed == tuple(range(30))
+    flat = {"method": "fastv", "keep_ratio": 0.25, "skip_layers": [5, 9], "head_cache_interval": 5}
+    cfg = AccelConfig.from_dict(flat)
+    assert cfg.layer_skip.layers == (5, 9) and cfg.head_cache.interval == 5 and cfg.pruning.keep_ratio == 0.25
+
+
+def test_presets_compose_with_the_eval_app_and_sweep_overrides():
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="vla_accel.conf", version_base=None):
+        cfg = compose("eval", overrides=["accel=vla_pruner", "accel.keep_ratio=0.25", "accel.params.window=2"])
+    accel = AccelConfig.from_dict(OmegaConf.to_container(cfg.accel, resolve=True))
+    assert accel.pruning.method == "vla_pruner" and accel.pruning.budget(256) == 64
+    assert accel.pruning.params["window"] == 2
+
+
+def test_load_accel_config_presets():
+    from vla_accel.accel.config import load_accel_config
+
+    cfg = load_accel_config("efficientvla_tokens", keep_tokens=56)
+    assert cfg.pruning.budget(256) == 56 and cfg.pruning.keep_ratio is None
+    with pytest.raises(ValueError, match="Did you mean 'divprune'"):
+        load_accel_config("divprun")

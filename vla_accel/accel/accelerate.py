@@ -1,0 +1,58 @@
+"""``accelerate(policy, config)``: make a VLA policy fast in place, keeping its API.
+
+    policy = accelerate(policy, "vla_pruner", keep_ratio=0.25)     # a preset from conf/accel/ + overrides
+    policy = accelerate(policy, AccelConfig(...))                  # or a config object / flat dict
+
+It sets only the hooks the policy declares (policies/capabilities.py): the LLM runner (docs/interfaces.md,
+"The LLM runner seam") becomes an :class:`~vla_accel.accel.runner.AcceleratedRunner` -- token pruning,
+layer skipping, and VLA-Cache's token reuse, which gets each frame's pixels from the policy's image
+encoder through the runner -- and, for a policy with a DiT action head, the DiT's feature-cache hook gets
+EfficientVLA's head cache. The config is bound to the policy's language model here, so a bad pruning
+layer or skip list fails now, not at the first control step. ``policy.reset()``, ``select_action``,
+``predict_action_chunk``, ``predict_action`` and ``infer`` work as before; ``policy.fork_episode()`` gives
+a second episode on the same weights. The policy already calls the runner's ``reset()`` and
+``end_step()``, which is where the accelerator's per-episode state lives. ``accelerate(policy, "none")``
+(or an AccelConfig() with every part off) undoes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from vla_accel.accel.config import AccelConfig, load_accel_config
+from vla_accel.accel.head_cache import install_head_cache, remove_head_cache
+from vla_accel.accel.runner import AcceleratedRunner
+from vla_accel.policies.capabilities import require_dit_head, require_runner
+
+
+def as_accel_config(config: AccelConfig | Mapping[str, Any] | str | None, **overrides: Any) -> AccelConfig:
+    if isinstance(config, str):
+        return load_accel_config(config, **overrides)
+    if overrides:
+        raise ValueError("keyword overrides go with a preset name, e.g. accelerate(policy, 'fastv', keep_ratio=0.25)")
+    if config is None:
+        return AccelConfig()
+    if isinstance(config, AccelConfig):
+        return config
+    if isinstance(config, Mapping):
+        return AccelConfig.from_dict(config)
+    raise ValueError(f"config must be an AccelConfig, a flat mapping or a preset name, got {type(config).__name__}")
+
+
+def accelerate(policy: Any, config: AccelConfig | Mapping[str, Any] | str | None, **overrides: Any) -> Any:
+    """Accelerate ``policy`` (an OpenVLA- or CogACT-style policy: see policies/capabilities.py)."""
+    cfg = as_accel_config(config, **overrides)
+    require_runner(policy, "accelerate()")
+    runner = AcceleratedRunner(cfg)
+    runner.plan(policy.language_model)  # validate against the model's layer count now
+    if cfg.head_cache is not None:
+        require_dit_head(policy, "the diffusion-head cache", fix="set head_cache_interval to 1")
+    # every check passed: now change the policy
+    remove_head_cache(policy)
+    if cfg.head_cache is not None:
+        install_head_cache(policy, cfg.head_cache.interval)
+    policy.runner = runner
+    policy.accel_config = cfg
+    policy.reset()  # a new runner starts a new episode
+    return policy

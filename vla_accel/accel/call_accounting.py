@@ -1,0 +1,99 @@
+"""Tokens kept and analytic FLOPs of a VLA policy's last inference call (for the timing block).
+
+FLOPs follow ``vla_accel.accel.flops`` (one multiply-accumulate = one FLOP; norms, softmax, RoPE, the LM head
+and embeddings left out), per stage, for the whole batch of the call:
+
+* vision      = sum over encoders and cameras of vit_flops(blocks run, patches + prefix tokens, width,
+                mlp_dim) + projector_flops(M, projector widths)
+* prefill     = per executed LLM layer 4 n_q d^2 + 2 n_q n_k d + 3 n_q d m, with n_q = n_k = the tokens the
+                layer sees (T before the pruning layer K, T - M + M~ from K on; VLA-Cache: n_q = T minus
+                the reused tokens, n_k = T); skipped layers cost 0
+* decode      = sum over decoded tokens of vla_accel.accel.flops.decode_flops (OpenVLA: action_dim - 1 tokens)
+* action_head = DiT: per full denoising step depth x (4 n w^2 + 2 n^2 w + 2 n w (r w)), n = H + 2
+                tokens, x2 rows with classifier-free guidance; with the diffusion-head cache only
+                ceil(steps / interval) steps recompute attention and MLP (the others count 0)
+* total       = the sum.
+
+Tokens kept = the visual tokens the LLM's later layers compute (M~ when pruned, M minus the reused
+ones under VLA-Cache, else M), "of" M.
+"""
+
+from __future__ import annotations
+
+import math
+
+from vla_accel.accel.flops import LLMShape, decode_flops, projector_flops, vit_flops
+
+
+def _layer_flops(n_q: int, n_k: int, d: int, m: int) -> int:
+    return 4 * n_q * d * d + 2 * n_q * n_k * d + 3 * n_q * d * m
+
+
+def vision_flops(config) -> int:
+    """Encoders + projector for one observation (every camera)."""
+    n_cam = len(config.cameras)
+    total = 0
+    for v in config.vision:
+        total += vit_flops(v.last_block + 1, v.num_patches + v.num_prefix_tokens, v.width, v.mlp_dim)
+    dv = sum(v.width for v in config.vision)
+    d = config.text_config["hidden_size"]
+    dims = (dv, 4 * dv, d, d) if config.projector_layers == 3 else (dv, d, d)
+    return n_cam * total + projector_flops(config.num_visual_tokens, dims)
+
+
+def dit_flops(config, interval: int = 1) -> int:
+    """One denoising loop of the DiT head for one observation (see the module docstring)."""
+    w, n = config.dit_width, config.chunk_size + 2
+    per_pass = config.dit_depth * (4 * n * w * w + 2 * n * n * w + 2 * n * w * int(w * config.dit_mlp_ratio))
+    rows = 2 if config.cfg_scale > 1.0 else 1
+    full_steps = math.ceil(config.ddim_steps / max(1, int(interval)))
+    return rows * full_steps * per_pass
+
+
+def call_accounting(policy) -> dict:
+    """{"tokens_kept", "tokens_of", "flops": {stage: FLOPs}} of the policy's last inference call, or {}
+    for a policy that is not a VLA (no `config.num_visual_tokens` / `language_model`)."""
+    config = getattr(policy, "config", None)
+    llm = getattr(policy, "language_model", None)
+    if config is None or llm is None or not hasattr(config, "num_visual_tokens"):
+        return {}
+    M = int(config.num_visual_tokens)
+    shape = LLMShape.from_config(llm.config)
+    stats = getattr(getattr(policy, "runner", None), "stats", None)
+    T = int(getattr(stats, "num_tokens", 0) or getattr(policy, "last_prompt_tokens", 0) or 0)
+    batch = int(getattr(policy, "last_batch_size", 1) or 1)
+    if T == 0:  # the policy did not say how long its prompt was: only the tokens are known
+        return {"tokens_kept": M, "tokens_of": M}
+    accel = getattr(policy, "accel_config", None)
+    executed = range(shape.num_layers)
+    prune_layer = None
+    if accel is not None:
+        runner = getattr(policy, "runner", None)
+        if callable(getattr(runner, "plan", None)):
+            plan = runner.plan(llm)  # resolved once per model (a ranking file is read once)
+        else:
+            from vla_accel.accel.config import resolve_plan
+
+            plan = resolve_plan(accel, shape.num_layers)
+        executed, prune_layer = plan.executed, plan.prune_layer
+    pruned = bool(getattr(stats, "pruned", False))
+    n_after = int(getattr(stats, "num_tokens_after_pruning", T) or T) if pruned else T
+    reused = int(getattr(stats, "num_reused", 0) or 0)
+    kept = M - (T - n_after) - reused
+    d, m = shape.hidden, shape.mlp
+    prefill = 0
+    for i in executed:
+        n = n_after if pruned and prune_layer is not None and i >= prune_layer else T
+        prefill += _layer_flops(n - reused, n, d, m)
+    flops = {"vision": vision_flops(config), "prefill": prefill}
+    if hasattr(policy, "action_model"):  # CogACT-style: the cognition token, then the DiT head
+        head = getattr(accel, "head_cache", None)
+        flops["action_head"] = dit_flops(config, head.interval if head is not None else 1)
+    else:  # OpenVLA-style: action_dim tokens, the first from the prefill
+        skipped = [i for i in range(shape.num_layers) if i not in set(executed)]
+        pl = prune_layer if pruned else None
+        flops["decode"] = sum(decode_flops(shape, T, k, n_after if pruned else None, pl, skipped)
+                              for k in range(config.action_dim - 1))
+    flops = {k: float(v * batch) for k, v in flops.items()}
+    flops["total"] = float(sum(flops.values()))
+    return {"tokens_kept": int(kept), "tokens_of": M, "flops": flops}

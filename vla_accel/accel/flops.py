@@ -1,0 +1,120 @@
+"""Analytic FLOPs of a VLA forward (the formula is written next to every number).
+
+Per transformer layer on n tokens, hidden size d, MLP width m (VLA-Pruner's / FastV's count):
+
+    C(n) = 4 n d^2 + 2 n^2 d + 3 n d m
+
+(4nd^2: the q, k, v, o projections; 2n^2 d: q k^T and attention x v; 3ndm: the gate, up and down
+projections of the SwiGLU MLP.) Like the papers, one multiply-accumulate counts as one FLOP here and
+norms, softmax, RoPE and the LM head are left out. Decoding one token against a cache of c entries:
+4 d^2 + 2 (c + 1) d + 3 d m.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+LAYER_FORMULA = "C(n) = 4*n*d^2 + 2*n^2*d + 3*n*d*m"
+DECODE_FORMULA = "C_dec(c) = 4*d^2 + 2*(c+1)*d + 3*d*m  (one new token, cache length c)"
+
+
+def layer_flops(n: int, d: int, m: int) -> int:
+    """C(n) = 4*n*d^2 + 2*n^2*d + 3*n*d*m for one layer on n tokens."""
+    return 4 * n * d * d + 2 * n * n * d + 3 * n * d * m
+
+
+def decode_layer_flops(cache_len: int, d: int, m: int) -> int:
+    """4*d^2 + 2*(c+1)*d + 3*d*m: one new token through one layer that caches c tokens."""
+    return 4 * d * d + 2 * (cache_len + 1) * d + 3 * d * m
+
+
+@dataclass(frozen=True)
+class LLMShape:
+    num_layers: int  # T in the ratio formula
+    hidden: int  # d
+    mlp: int  # m
+
+    @classmethod
+    def from_config(cls, config) -> LLMShape:
+        return cls(config.num_hidden_layers, config.hidden_size, config.intermediate_size)
+
+
+def _layers_run(shape: LLMShape, skip_layers: Iterable[int]) -> list[int]:
+    skip = set(skip_layers)
+    bad = [x for x in skip if not 0 <= x < shape.num_layers]
+    if bad:
+        raise ValueError(f"skip layers {sorted(bad)} are outside 0..{shape.num_layers - 1}")
+    return [i for i in range(shape.num_layers) if i not in skip]
+
+
+def prefill_flops(
+    shape: LLMShape, n: int, n_kept: int | None = None, prune_layer: int | None = None, skip_layers: Iterable[int] = ()
+) -> int:
+    """sum over the executed layers l of C(n_l): n_l = n for l < K, n_kept for l >= K (0-indexed K = first
+    pruned layer, as in ``TokenPruningConfig.layer``); skipped layers cost nothing."""
+    if (n_kept is None) != (prune_layer is None):
+        raise ValueError("give both n_kept and prune_layer, or neither")
+    total = 0
+    for i in _layers_run(shape, skip_layers):
+        tokens = n if prune_layer is None or i < prune_layer else n_kept
+        total += layer_flops(tokens, shape.hidden, shape.mlp)
+    return total
+
+
+def decode_flops(
+    shape: LLMShape, n: int, step: int = 0, n_kept: int | None = None, prune_layer: int | None = None,
+    skip_layers: Iterable[int] = (),
+) -> int:  # fmt: skip
+    """One decoded token, the ``step``-th after the prompt (0 = first): per executed layer
+    4*d^2 + 2*(c+1)*d + 3*d*m with c = (n or n_kept for pruned layers) + step cached tokens."""
+    total = 0
+    for i in _layers_run(shape, skip_layers):
+        cached = (n if prune_layer is None or i < prune_layer else n_kept) + step
+        total += decode_layer_flops(cached, shape.hidden, shape.mlp)
+    return total
+
+
+def vit_flops(num_layers: int, num_patches: int, hidden: int, mlp: int, mlp_matrices: int = 2) -> int:
+    """Vision encoder: per layer 4*n*d^2 + 2*n^2*d + mlp_matrices*n*d*m (a plain ViT MLP has 2 matrices,
+    a SwiGLU 3), summed over its layers; patch embedding and norms are left out."""
+    n, d = num_patches, hidden
+    return num_layers * (4 * n * d * d + 2 * n * n * d + mlp_matrices * n * d * mlp)
+
+
+def projector_flops(num_tokens: int, dims: Iterable[int]) -> int:
+    """An MLP projector with layer widths dims = (d_in, d_1, ..., d_out): sum_i n * d_i * d_{i+1}."""
+    dims = list(dims)
+    return sum(num_tokens * a * b for a, b in zip(dims[:-1], dims[1:]))
+
+
+def pruning_flops_ratio(num_layers: int, k_paper: int, n: int, n_kept: int, d: int, m: int) -> float:
+    """VLA-Pruner's r = [(K-1) C(n) + (T-K+1) C(n~)] / (T C(n)) for T layers.
+
+    The paper counts layers from 1 and its K is the first pruned layer, so K-1 layers run in full; our
+    0-indexed ``prune_layer`` equals K_paper - 1 (prune_layer=3 <-> K_paper=4, three full layers), and
+    ``prefill_flops`` with the same plan gives the same ratio.
+    """
+    if not 1 <= k_paper <= num_layers:
+        raise ValueError(f"k_paper must be in 1..{num_layers}, got {k_paper}")
+    full, kept = layer_flops(n, d, m), layer_flops(n_kept, d, m)
+    return ((k_paper - 1) * full + (num_layers - k_paper + 1) * kept) / (num_layers * full)
+
+
+def accelerated_prefill_flops(shape: LLMShape, accel_config, n: int, num_visual: int) -> dict:
+    """Prefill FLOPs of the plain model and of the model under ``accel_config`` (an AccelConfig) for a
+    prompt of n tokens of which num_visual are visual: {"formula", "baseline", "accelerated", "ratio",
+    "tokens_kept"}. Pruning is counted as active (VLA-Pruner's warm-up steps run at baseline cost)."""
+    from vla_accel.accel.config import resolve_plan
+
+    plan = resolve_plan(accel_config, shape.num_layers)
+    skipped = [i for i in range(shape.num_layers) if i not in plan.executed]
+    n_kept = prune_layer = None
+    kept_visual = num_visual
+    if accel_config.pruning is not None:
+        kept_visual = accel_config.pruning.budget(num_visual)
+        n_kept, prune_layer = n - num_visual + kept_visual, plan.prune_layer
+    base = prefill_flops(shape, n)
+    acc = prefill_flops(shape, n, n_kept, prune_layer, skipped)
+    return {"formula": LAYER_FORMULA, "baseline": base, "accelerated": acc, "ratio": acc / base,
+            "tokens_kept": kept_visual}  # fmt: skip

@@ -1,0 +1,38 @@
+"""Visual-token pruning methods: one file each, looked up by name.
+
+``build_method(name, **params)`` makes one; a typo raises a ValueError with a did-you-mean and the list.
+Adding a method = one new file with a ``PruningMethod`` subclass + one line here + ``conf/accel/<name>.yaml``.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from vla_accel.accel.pruning.base import PruningMethod, SelectionContext
+from vla_accel.accel.pruning.divprune import DivPrune
+from vla_accel.accel.pruning.efficientvla_tokens import EfficientVLATokens
+from vla_accel.accel.pruning.fastv import FastV
+from vla_accel.accel.pruning.random_select import RandomSelect
+from vla_accel.accel.pruning.text_guided import TextGuided
+from vla_accel.accel.pruning.uniform import UniformGrid
+from vla_accel.accel.pruning.vla_pruner import VLAPruner
+
+METHODS: dict[str, type[PruningMethod]] = {
+    cls.name: cls for cls in (VLAPruner, FastV, TextGuided, DivPrune, EfficientVLATokens, RandomSelect, UniformGrid)
+}
+
+
+def method_class(name: str) -> type[PruningMethod]:
+    """The class registered under ``name``; unknown names raise ValueError (did-you-mean + valid list)."""
+    if name not in METHODS:
+        close = difflib.get_close_matches(name, list(METHODS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown pruning method {name!r}.{hint} Valid: {sorted(METHODS)}")
+    return METHODS[name]
+
+
+def build_method(name: str, **params) -> PruningMethod:
+    return method_class(name)(**params)
+
+
+__all__ = ["METHODS", "PruningMethod", "SelectionContext", "build_method", "method_class"]

@@ -1,0 +1,395 @@
+"""The accelerated LLM runner: one explicit loop over the Llama's own modules (gpt-fast style).
+
+Same four methods as ``vla_accel.policies.llm_runner.HFRunner`` (docs/interfaces.md, "The LLM runner
+seam"), so a policy cannot tell them apart except by speed:
+
+prefill
+    runs the executed layers (skipped layers are never entered). At the score layer K-1 it computes the
+    head-averaged attention of ONLY the queries the pruning method asks for (``query_attention``; every
+    layer itself keeps SDPA). Before layer K it gathers each row's kept tokens -- every non-visual token
+    plus the method's M~ visual tokens, in their original order and with their ORIGINAL position ids --
+    and runs layers K.. on that shorter sequence, so their KV-cache entries hold only kept tokens while
+    layers < K hold the full prompt (transformers' DynamicCache keeps one tensor per layer, and each
+    group of layers gets its own padding mask).
+decode_one_token
+    one new token through the same layers, each group's mask extended by one.
+action attention
+    for methods that need it (VLA-Pruner), the attention the action queries pay the visual tokens at
+    ``action_layer``: the last prefill query (OpenVLA's first action token / CogACT's cognition token)
+    and every decoded query of the step; their mean, as a (B, M) map with pruned tokens at 0, is handed
+    to the method at ``end_step()``.
+token reuse (VLA-Cache)
+    the static, task-irrelevant visual tokens are not run at all: only the other tokens are queries, and
+    every layer's keys/values for the reused ones are copied from the previous step (``ReuseCache``).
+
+With everything off it performs exactly transformers' own operations (same mask builder, same layer
+calls, same final norm and head), so its outputs equal HFRunner's bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+from transformers import DynamicCache, LlamaForCausalLM
+from transformers.masking_utils import create_causal_mask
+
+from vla_accel.accel.config import AccelConfig, LayerPlan, resolve_plan
+from vla_accel.policies.common.hf_compat import cache_kwarg
+from vla_accel.policies.common.prompt import positions_from_mask
+from vla_accel.policies.llm_runner import PrefillResult
+from vla_accel.accel.pruning import PruningMethod, SelectionContext, build_method
+from vla_accel.accel.query_attention import query_attention
+from vla_accel.accel.token_reuse import ReuseCache, computed_token_index, pixel_patches, reusable_tokens
+
+
+@dataclass
+class LayerGroup:
+    """Consecutive executed layers that share one token sequence (before / after pruning).
+
+    first_layer: the group's first executed layer (its KV-cache entry sizes the mask)
+    mask2d:      (B, S) padding mask over what the group's cache holds (+1 per decoded token)
+    token_index: (B, S_prefill) long, the original prompt index of each cached prompt token
+    """
+
+    first_layer: int
+    mask2d: Tensor
+    token_index: Tensor
+
+
+@dataclass
+class AcceleratedCache:
+    kv: DynamicCache
+    groups: list[LayerGroup]
+    group_of_layer: dict[int, int]  # executed layer -> index into groups
+    visual_start: Tensor  # (B,) long
+    num_visual: int
+    capture_action: bool  # whether decode steps record the action queries' attention
+
+
+@dataclass
+class StepStats:
+    """What the last prefill did (for timing tables and tests)."""
+
+    num_tokens: int = 0  # prompt length T
+    num_tokens_after_pruning: int = 0  # T - M + M~ (== T when not pruned)
+    pruned: bool = False
+    kept_visual: Tensor | None = None  # (B, M~) long, kept visual indices, when pruned
+    num_reused: int = 0  # VLA-Cache: visual tokens per row whose K/V came from the previous step
+    attention_probes: list[tuple[str, int, int]] = field(default_factory=list)  # (phase, layer, n_queries)
+
+
+@dataclass
+class _ReuseState:
+    """VLA-Cache's memory of the previous step (per batch row along dim 0)."""
+
+    patches: Tensor  # (B, M, P) pixel patches
+    relevance: Tensor  # (B, M) text -> vision attention at the relevance layer
+    keys: list[Tensor | None]  # per layer (B, H_kv, T, hd) prompt keys (None: skipped layer)
+    values: list[Tensor | None]
+    attention_mask: Tensor  # (B, T) the prompt layout these entries belong to
+    visual_start: Tensor  # (B,)
+
+
+class AcceleratedRunner:
+    """The drop-in replacement for HFRunner; ``AcceleratedRunner(AccelConfig())`` changes nothing."""
+
+    def __init__(self, config: AccelConfig | None = None) -> None:
+        self.config = config or AccelConfig()
+        pruning = self.config.pruning
+        self.method: PruningMethod | None = build_method(pruning.method, **pruning.params) if pruning else None
+        self._plans: dict[int, LayerPlan] = {}
+        self._step_action_attention: list[Tensor] = []  # (B, M) per action query of the current step
+        self._frame: Tensor | None = None  # VLA-Cache: this step's pixel patches (B, M, P)
+        self._reuse_state: _ReuseState | None = None
+        self.stats = StepStats()
+
+    # ----------------------------------------------------------------------------------- episode state
+    def reset(self) -> None:
+        if self.method is not None:
+            self.method.reset()
+        self._step_action_attention = []
+        self._frame = None
+        self._reuse_state = None
+
+    def end_step(self) -> None:
+        if self.method is not None and self.method.needs_action_attention and self._step_action_attention:
+            action = torch.stack(self._step_action_attention).mean(0)  # (B, M)
+            self.method.observe_step(action, action.shape[-1])
+        self._step_action_attention = []
+
+    def fork(self) -> "AcceleratedRunner":
+        """A runner for another episode: the same config, its own pruning method instance and history."""
+        return AcceleratedRunner(self.config)
+
+    def observe_frame(self, pixel_values: Tensor, num_visual: int) -> None:
+        """The policy's image encoder hands over each frame (B, n_cam, C, S, S); VLA-Cache keeps its pixel
+        patches (B, M, P) in the visual tokens' order (``token_reuse.pixel_patches``)."""
+        if self.config.reuse is not None:
+            self.observe_patches(pixel_patches(pixel_values.detach(), num_visual))
+
+    def observe_patches(self, patches: Tensor) -> None:
+        """VLA-Cache: this control step's pixel patches (B, M, P), in the visual tokens' order."""
+        self._frame = patches.detach()
+
+    def call_stats(self) -> dict:
+        """What the last prefill did (row 0): the ``accel_stats`` of openpi-style ``infer`` answers."""
+        stats, kept = self.stats, self.stats.kept_visual
+        return {"tokens": int(stats.num_tokens), "tokens_kept": int(stats.num_tokens_after_pruning),
+                "pruned": bool(stats.pruned), "num_reused": int(stats.num_reused),
+                "kept_visual": None if kept is None else kept[0].cpu().numpy().astype(np.int64)}
+
+    def plan(self, llm: LlamaForCausalLM) -> LayerPlan:
+        """The config bound to this model's layer count (validated once per layer count)."""
+        n = llm.config.num_hidden_layers
+        if n not in self._plans:
+            self._plans[n] = resolve_plan(self.config, n)
+        return self._plans[n]
+
+    # ------------------------------------------------------------------------------------------ prefill
+    @torch.no_grad()
+    def prefill(
+        self,
+        llm: LlamaForCausalLM,
+        inputs_embeds: Tensor,  # (B, T, D)
+        attention_mask: Tensor,  # (B, T) 1 = real token; left-padded
+        visual_start: Tensor,  # (B,) long
+        num_visual: int,  # M
+        text_mask: Tensor,  # (B, T) bool, the instruction's text tokens
+    ) -> PrefillResult:
+        plan = self.plan(llm)
+        B, T, D = inputs_embeds.shape
+        _check_prompt(inputs_embeds, attention_mask, visual_start, num_visual, text_mask)
+        self._step_action_attention = []  # a prefill starts a new control step
+        self.stats = StepStats(num_tokens=T, num_tokens_after_pruning=T)
+        method = self.method
+        budget = self.config.pruning.budget(num_visual) if method is not None else num_visual
+        prune = method is not None and budget < num_visual and method.wants_to_prune(B)
+        capture = method is not None and method.needs_action_attention and budget < num_visual
+        device = inputs_embeds.device
+        layers, rotary = llm.model.layers, llm.model.rotary_emb
+
+        x, mask2d = inputs_embeds, attention_mask
+        pos = positions_from_mask(attention_mask)  # (B, T)
+        token_index = torch.arange(T, device=device).expand(B, T)  # prompt index of each row of x
+        visual_idx = visual_start[:, None] + torch.arange(num_visual, device=device)  # (B, M)
+        visual_embeds = inputs_embeds.gather(1, visual_idx[..., None].expand(-1, -1, D))  # (B, M, D)
+        groups: list[LayerGroup] = []
+        group_of_layer: dict[int, int] = {}
+        scores: Tensor | None = None  # (B, M) visual attention from the score layer
+        relevance: Tensor | None = None  # (B, M) VLA-Cache's text -> vision attention
+
+        computed = self._reuse_plan(attention_mask, visual_start, num_visual, T) if self.config.reuse else None
+        if computed is not None:  # VLA-Cache: only the computed tokens run as queries
+            st = self._reuse_state
+            kv = ReuseCache(llm.config, st.keys, st.values, computed)
+            x = x.gather(1, computed[..., None].expand(-1, -1, D))  # (B, Q, D)
+            pos, token_index = pos.gather(1, computed), computed
+            self.stats.num_reused = T - computed.shape[1]
+        else:
+            kv = DynamicCache(config=llm.config)
+
+        def open_group(first_layer: int) -> tuple[Tensor | None, tuple[Tensor, Tensor]]:
+            if computed is not None:  # reuse: the cache holds the whole prompt, the queries are computed rows
+                groups.append(LayerGroup(first_layer, mask2d, torch.arange(T, device=device).expand(B, T)))
+                keys_idx = torch.arange(T, device=device)
+                causal = (keys_idx[None, None, :] <= computed[..., None]) & mask2d.bool()[:, None, :]  # (B, Q, T)
+                return causal[:, None], rotary(x, pos)
+            groups.append(LayerGroup(first_layer, mask2d, token_index))
+            causal = create_causal_mask(
+                config=llm.config, inputs_embeds=x, attention_mask=mask2d, **cache_kwarg(create_causal_mask, kv),
+                position_ids=pos, layer_idx=first_layer,
+            )  # fmt: skip
+            return causal, rotary(x, pos)
+
+        def apply_pruning() -> None:
+            nonlocal x, pos, mask2d, token_index
+            ctx = SelectionContext(visual_embeds=visual_embeds, visual_attention=scores, budget=budget)
+            kept = _check_selection(method.select(ctx), B, budget, num_visual)  # (B, M~)
+            keep_rows = _kept_token_index(T, visual_start, num_visual, kept)  # (B, T')
+            x = x.gather(1, keep_rows[..., None].expand(-1, -1, D))
+            pos, mask2d, token_index = pos.gather(1, keep_rows), mask2d.gather(1, keep_rows), keep_rows
+            self.stats.pruned, self.stats.kept_visual = True, kept
+            self.stats.num_tokens_after_pruning = keep_rows.shape[1]
+
+        if prune and plan.prune_layer == 0:
+            apply_pruning()  # before the LLM (DivPrune, the controls)
+        causal, pos_emb = open_group(plan.executed[0])
+        for i in plan.executed:
+            if prune and not self.stats.pruned and i >= plan.prune_layer:
+                apply_pruning()
+                causal, pos_emb = open_group(i)
+            group_of_layer[i] = len(groups) - 1
+            h_in = x
+            x = layers[i](
+                x, attention_mask=causal, position_embeddings=pos_emb, position_ids=pos,
+                **cache_kwarg(layers[i], kv), use_cache=True,
+            )  # fmt: skip
+            if prune and i == plan.score_layer and method.score_queries is not None:
+                chosen = _chosen_queries(method.score_queries, mask2d, text_mask)
+                scores = self._prompt_scores(llm, i, h_in, pos, token_index, chosen, kv, mask2d, visual_idx)
+            if i == plan.relevance_layer:
+                chosen = text_mask.bool().gather(1, token_index) & attention_mask.bool().gather(1, token_index)
+                relevance = self._prompt_scores(
+                    llm, i, h_in, pos, token_index, chosen, kv, attention_mask, visual_idx
+                )
+            if capture and i == plan.action_layer:
+                self._capture(llm, i, h_in[:, -1:], pos[:, -1:], kv, mask2d[:, None, :], groups[-1],
+                              visual_start, num_visual, phase="prefill")  # fmt: skip
+
+        hidden = llm.model.norm(x)[:, -1]  # (B, D): HF norms every position; -1 is each row's last token
+        logits = llm.lm_head(hidden)  # (B, V)
+        if self.config.reuse is not None:
+            self._remember_for_reuse(kv, relevance, attention_mask, visual_start)
+        cache = AcceleratedCache(kv, groups, group_of_layer, visual_start, num_visual, capture)
+        return PrefillResult(logits=logits, hidden=hidden, cache=cache, next_position=pos[:, -1] + 1)
+
+    # ------------------------------------------------------------------------------------------- decode
+    @torch.no_grad()
+    def decode_one_token(
+        self, llm: LlamaForCausalLM, token_embeds: Tensor, cache: AcceleratedCache, position_ids: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """token_embeds (B, 1, D), position_ids (B, 1) -> logits (B, V), hidden (B, D)."""
+        plan = self.plan(llm)
+        layers = llm.model.layers
+        masks = []
+        for g in cache.groups:
+            g.mask2d = torch.cat([g.mask2d, torch.ones_like(g.mask2d[:, :1])], dim=1)  # (B, S + 1)
+            masks.append(create_causal_mask(
+                config=llm.config, inputs_embeds=token_embeds, attention_mask=g.mask2d,
+                **cache_kwarg(create_causal_mask, cache.kv), position_ids=position_ids, layer_idx=g.first_layer,
+            ))  # fmt: skip
+        pos_emb = llm.model.rotary_emb(token_embeds, position_ids)
+        x = token_embeds
+        for i in plan.executed:
+            g = cache.group_of_layer[i]
+            h_in = x
+            x = layers[i](
+                x, attention_mask=masks[g], position_embeddings=pos_emb, position_ids=position_ids,
+                **cache_kwarg(layers[i], cache.kv), use_cache=True,
+            )  # fmt: skip
+            if cache.capture_action and i == plan.action_layer:
+                group = cache.groups[g]
+                self._capture(llm, i, h_in, position_ids, cache.kv, group.mask2d[:, None, :].bool(), group,
+                              cache.visual_start, cache.num_visual, phase="decode")  # fmt: skip
+        hidden = llm.model.norm(x)[:, -1]
+        return llm.lm_head(hidden), hidden
+
+    # ----------------------------------------------------------------------------------- VLA-Cache reuse
+    def _reuse_plan(self, attention_mask, visual_start, num_visual, T) -> Tensor | None:
+        """(B, Q) prompt positions to compute this step, or None to compute everything."""
+        if self._frame is None:
+            raise ValueError(
+                "vla_cache needs this step's frame: call runner.observe_frame(pixel_values, num_visual) before "
+                "prefill (the policy's image encoder does)"
+            )
+        frame, self._frame = self._frame.to(attention_mask.device), None
+        st = self._reuse_state
+        self._current_patches = frame
+        if frame.shape[:2] != (attention_mask.shape[0], num_visual):
+            raise ValueError(f"observed frame patches {tuple(frame.shape)} do not match (B, M) = "
+                             f"({attention_mask.shape[0]}, {num_visual})")  # fmt: skip
+        same_layout = (
+            st is not None and st.attention_mask.shape == attention_mask.shape
+            and torch.equal(st.attention_mask, attention_mask) and torch.equal(st.visual_start, visual_start)
+            and st.patches.shape == frame.shape
+        )  # fmt: skip
+        if not same_layout:
+            return None  # first step of an episode, or a new prompt: nothing to reuse
+        reusable = reusable_tokens(self.config.reuse, frame, st.patches, st.relevance)
+        if int(reusable.sum(-1).min()) == 0:
+            return None
+        sim = torch.nn.functional.cosine_similarity(frame.float(), st.patches.float(), dim=-1)
+        return computed_token_index(reusable, sim, visual_start, T)
+
+    def _remember_for_reuse(self, kv, relevance, attention_mask, visual_start) -> None:
+        layers = kv.layers
+        keys = [layer.keys if layer.is_initialized else None for layer in layers]
+        values = [layer.values if layer.is_initialized else None for layer in layers]
+        self._reuse_state = _ReuseState(self._current_patches, relevance, keys, values,
+                                        attention_mask.clone(), visual_start.clone())  # fmt: skip
+
+    # -------------------------------------------------------------------------------- attention probes
+    def _prompt_scores(self, llm, layer_idx, h_in, q_pos, q_index, chosen, kv, key_mask, visual_idx) -> Tensor:
+        """(B, M): mean over the chosen queries of their head-averaged attention to each visual token.
+
+        h_in (B, S, D) the layer's input rows, q_pos / q_index (B, S) their RoPE positions and prompt
+        indices, chosen (B, S) bool; the layer's cached keys cover the whole prompt, key_mask (B, T)."""
+        n_q = int(chosen.sum(-1).max())
+        if n_q == 0:
+            raise ValueError("no query tokens of the requested kind in the prompt to score the visual tokens by")
+        rows = torch.argsort((~chosen).to(torch.int8), dim=1, stable=True)[:, :n_q]  # (B, Q) chosen first
+        q_w = chosen.gather(1, rows).float()  # (B, Q) 1 for a real chosen query, 0 for row padding
+        h_q = h_in.gather(1, rows[..., None].expand(-1, -1, h_in.shape[-1]))
+        keys = kv.layers[layer_idx].keys  # (B, H_kv, T, hd)
+        key_pos = torch.arange(keys.shape[2], device=h_in.device)
+        q_idx = q_index.gather(1, rows)
+        allowed = (key_pos[None, None, :] <= q_idx[..., None]) & key_mask.bool()[:, None, :]  # causal + padding
+        probs = query_attention(llm.model.layers[layer_idx], llm.model.rotary_emb, h_q, q_pos.gather(1, rows),
+                                keys, allowed)  # fmt: skip
+        self.stats.attention_probes.append(("prefill", layer_idx, n_q))
+        to_visual = probs.gather(2, visual_idx[:, None, :].expand(-1, n_q, -1))  # (B, Q, M)
+        return (to_visual * q_w[..., None]).sum(1) / q_w.sum(1, keepdim=True).clamp_min(1.0)
+
+    def _capture(self, llm, layer_idx, h_q, q_pos, kv, allowed, group, visual_start, num_visual, phase) -> None:
+        """Record one action query's attention to the visual tokens, (B, M), pruned ones 0."""
+        probs = query_attention(llm.model.layers[layer_idx], llm.model.rotary_emb, h_q, q_pos,
+                                kv.layers[layer_idx].keys, allowed.bool())[:, 0]  # (B, S)  # fmt: skip
+        self.stats.attention_probes.append((phase, layer_idx, 1))
+        n_prompt = group.token_index.shape[1]
+        m = group.token_index - visual_start[:, None]  # (B, S_prompt) visual index of each cached slot
+        is_visual = (m >= 0) & (m < num_visual)
+        out = probs.new_zeros(probs.shape[0], num_visual)
+        out.scatter_add_(1, m.clamp(0, num_visual - 1), probs[:, :n_prompt] * is_visual)
+        self._step_action_attention.append(out)
+
+
+def _chosen_queries(which: str, mask2d: Tensor, text_mask: Tensor) -> Tensor:
+    """(B, S) bool: the score queries among the current rows (before any pruning, so S = T)."""
+    real = mask2d.bool()
+    if which == "last":
+        chosen = torch.zeros_like(real)
+        chosen[:, -1] = True
+        return chosen
+    if which == "text":
+        return text_mask.bool() & real
+    if which == "all":
+        return real
+    raise ValueError(f"score_queries must be one of ['last', 'text', 'all'], got {which!r}")
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def _kept_token_index(T: int, visual_start: Tensor, num_visual: int, kept: Tensor) -> Tensor:
+    """(B, T - M + M~) long: every non-visual prompt index plus the kept visual ones, ascending."""
+    B = kept.shape[0]
+    keep = torch.ones(B, T, dtype=torch.bool, device=kept.device)
+    visual = visual_start[:, None] + torch.arange(num_visual, device=kept.device)
+    keep.scatter_(1, visual, False)
+    keep.scatter_(1, visual_start[:, None] + kept, True)
+    return keep.nonzero()[:, 1].view(B, -1)  # row-major nonzero: each row's indices ascending
+
+
+def _check_selection(kept: Tensor, batch: int, budget: int, num_visual: int) -> Tensor:
+    if kept.shape != (batch, budget):
+        raise ValueError(f"pruning method returned shape {tuple(kept.shape)}, expected {(batch, budget)}")
+    if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= num_visual):
+        raise ValueError(f"pruning method returned indices outside [0, {num_visual})")
+    if budget > 1 and not bool((kept[:, 1:] > kept[:, :-1]).all()):
+        raise ValueError("pruning method must return strictly increasing (sorted, unique) indices per row")
+    return kept.long()
+
+
+def _check_prompt(inputs_embeds, attention_mask, visual_start, num_visual, text_mask) -> None:
+    if inputs_embeds.dim() != 3:
+        raise ValueError(f"inputs_embeds must be (B, T, D), got {tuple(inputs_embeds.shape)}")
+    B, T, _ = inputs_embeds.shape
+    if attention_mask.shape != (B, T) or text_mask.shape != (B, T):
+        raise ValueError(
+            f"attention_mask {tuple(attention_mask.shape)} and text_mask {tuple(text_mask.shape)} must be {(B, T)}"
+        )
+    if visual_start.shape != (B,):
+        raise ValueError(f"visual_start must be (B,) = ({B},), got {tuple(visual_start.shape)}")
+    if num_visual < 1 or int(visual_start.min()) < 0 or int(visual_start.max()) + num_visual > T:
+        raise ValueError(f"the {num_visual} visual tokens starting at {visual_start.tolist()} do not fit in T={T}")

@@ -1,0 +1,1 @@
+"""Demonstrations: the HDF5 demo layout (robomimic/LIBERO) and scripted-expert collection."""

@@ -1,4 +1,0 @@
-"""Serving a VLA policy to robot code: websocket + msgpack server (`vla-accel serve`).
-
-The client lives in `vla_accel.client` (no torch). Import the server from
-`vla_accel.serving.server` (this package root imports nothing heavy)."""
