@@ -7,9 +7,9 @@
 
 from __future__ import annotations
 
-import difflib
-
 import gymnasium as gym
+
+from vla_accel.registry import unknown_name
 
 TABLETOP_SUITES = ("spatial", "object", "goal", "long")
 LIBERO_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
@@ -19,9 +19,7 @@ ALL_SUITES = TABLETOP_SUITES + ("metaworld",) + LIBERO_SUITES
 def check_suite(suite: str) -> str:
     """Return `suite` if it is known, else raise a ValueError that lists the valid names."""
     if suite not in ALL_SUITES:
-        close = difflib.get_close_matches(str(suite), ALL_SUITES, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown suite {suite!r}.{hint} Valid suites: {', '.join(ALL_SUITES)}")
+        raise unknown_name(suite, ALL_SUITES, "suite", label="Valid suites")
     return suite
 
 

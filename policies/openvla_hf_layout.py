@@ -47,24 +47,45 @@ TIMM_FAMILIES: dict[str, tuple[int, tuple[list[float], list[float]]]] = {
 ARCH_PROJECTOR_LAYERS = {"fused-gelu-mlp": 3, "gelu-mlp": 2}
 IGNORED_PREFIXES = ("attn_pool.", "head.", "fc_norm.")  # never run by OpenVLA (patch features only)
 SUPPORTED_LLMS = ("llama",)
+SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 
 
 def is_openvla_hf_config(cfg: dict[str, Any]) -> bool:
     return cfg.get("model_type") == "openvla"
 
 
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
+def weight_files(path: Path) -> list[Path]:
     """model.safetensors, or the shards named by model.safetensors.index.json."""
     index = path / "model.safetensors.index.json"
-    files = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file()
+    names = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file()
              else ["model.safetensors"])
+    missing = [str(path / n) for n in names if not (path / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"missing weights file(s) {missing}")
+    return [path / n for n in names]
+
+
+def checkpoint_dtype(files: list[Path]) -> torch.dtype:
+    """The dtype the checkpoint stores its weights in (its first tensor's)."""
+    with safe_open(str(files[0]), framework="pt") as f:
+        name = f.get_slice(next(iter(f.keys()))).get_dtype()  # read from the header, no tensor loaded
+    if name not in SAFETENSORS_DTYPES:
+        raise ValueError(f"{files[0]}: unsupported weight dtype {name}; supported: {sorted(SAFETENSORS_DTYPES)}")
+    return SAFETENSORS_DTYPES[name]
+
+
+def read_weights(path: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+                 ) -> dict[str, torch.Tensor]:
+    """Every tensor, each put on ``device`` in ``dtype`` as it is read (None: as stored), so that host
+    memory never holds more than the converted model plus one tensor in its stored form -- not every
+    shard in bf16 and then a second, converted copy."""
     weights: dict[str, torch.Tensor] = {}
-    for name in files:
-        if not (path / name).is_file():
-            raise FileNotFoundError(f"missing weights file {path / name}")
-        with safe_open(str(path / name), framework="pt") as f:
+    for file in weight_files(path):
+        with safe_open(str(file), framework="pt") as f:
             for key in f.keys():
-                weights[key] = f.get_tensor(key)
+                t = f.get_tensor(key)
+                weights[key] = t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point()
+                                    else t.dtype)
     return weights
 
 
@@ -112,7 +133,8 @@ def map_key(key: str) -> str | None:
     return key
 
 
-def openvla_config(cfg: dict[str, Any], w: dict[str, torch.Tensor], tokenizer, crop_scale: float):
+def openvla_config(cfg: dict[str, Any], w: dict[str, torch.Tensor], tokenizer, crop_scale: float,
+                   interpolation: str = "bicubic"):
     from vla_accel.policies.openvla.configuration_openvla import OpenVLAConfig
 
     text = dict(cfg["text_config"])
@@ -135,6 +157,8 @@ def openvla_config(cfg: dict[str, Any], w: dict[str, torch.Tensor], tokenizer, c
         crop_scale=crop_scale, n_action_bins=int(cfg.get("n_action_bins", 256)),
         action_dim=len(next(iter(cfg["norm_stats"].values()))["action"]["q01"]) if cfg.get("norm_stats") else 7,
         prompt_suffix_ids=suffix, pad_to_multiple_of=pad_multiple, norm_stats=cfg.get("norm_stats") or {},
+        gripper="open_is_1",  # OpenVLA's data: gripper in [0, 1], 1 = open
+        resize_interpolation=interpolation,
         text_config=text, action_vocab_end=int(text["vocab_size"]) - pad_multiple,
     )
 
@@ -147,11 +171,12 @@ def load_openvla_hf(path: str | Path, runner=None, device=None, dtype=None, crop
     cfg = json.loads((path / "config.json").read_text())
     if not is_openvla_hf_config(cfg):
         raise ValueError(f"{path} is not an OpenVLA HF checkpoint (model_type {cfg.get('model_type')!r})")
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
-    if tokenizer.pad_token is None:  # OpenVLA pads with id 32000 ("<PAD>")
-        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(int(cfg.get("pad_token_id", 0)))
-    weights = read_weights(path)
-    config = openvla_config(cfg, weights, tokenizer, crop_scale)
+    tokenizer = load_hf_tokenizer(path, cfg)
+    files = weight_files(path)
+    dtype = dtype or checkpoint_dtype(files)
+    weights = read_weights(path, device or "cpu", dtype)
+    config = openvla_config(cfg, weights, tokenizer, crop_scale, preprocessor_interpolation(path))
+    config.norm_stats = {**config.norm_stats, **read_dataset_statistics(path)}
     state = {}
     for key, tensor in weights.items():
         ours = map_key(key)
@@ -164,8 +189,51 @@ def load_openvla_hf(path: str | Path, runner=None, device=None, dtype=None, crop
     if missing or unexpected:
         raise ValueError(f"OpenVLA checkpoint does not fit: missing {missing[:8]}, unexpected {unexpected[:8]}")
     model.load_state_dict(state, strict=True, assign=True)
+    del weights, state
     llm = model.language_model.model
-    llm.rotary_emb = LlamaRotaryEmbedding(config=llm.config)  # its buffers were on the meta device
-    model.eval()
-    model.to(device=device or "cpu", dtype=dtype or next(iter(state.values())).dtype)
-    return model
+    # Built after the weights are in place and in float32, as transformers' from_pretrained(dtype=bf16) and
+    # the official code keep it: bf16 rotary frequencies put cos/sin off by up to 0.36 at position ~275.
+    llm.rotary_emb = LlamaRotaryEmbedding(config=llm.config).to(device or "cpu")  # float32 buffers
+    return model.eval()
+
+
+def load_hf_tokenizer(path: Path, cfg: dict[str, Any]) -> PreTrainedTokenizerFast:
+    """The checkpoint's tokenizer, with the pad and BOS tokens the prompt needs (taken from the config's
+    ids when the tokenizer files lack them, else a clear error now rather than at the first call)."""
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
+    text = cfg.get("text_config") or {}
+    for role, token_id in (("pad", cfg.get("pad_token_id", text.get("pad_token_id"))),
+                           ("bos", text.get("bos_token_id", cfg.get("bos_token_id")))):
+        if getattr(tokenizer, f"{role}_token") is not None:
+            continue
+        token = tokenizer.convert_ids_to_tokens(int(token_id)) if token_id is not None else None
+        if token is None or int(token_id) >= len(tokenizer):
+            raise ValueError(f"{path}: the tokenizer has no {role} token and config.json names no valid "
+                             f"{role}_token_id (got {token_id!r}); OpenVLA pads with <PAD> (id 32000) and "
+                             "starts with <s> (id 1)")
+        setattr(tokenizer, f"{role}_token", token)  # OpenVLA pads with id 32000 ("<PAD>")
+    return tokenizer
+
+
+def preprocessor_interpolation(path: Path) -> str:
+    """The resize kernel of the checkpoint's preprocessor_config.json ("bicubic" when it says none, as
+    OpenVLA's PrismaticImageProcessor defaults)."""
+    file = path / "preprocessor_config.json"
+    names = json.loads(file.read_text()).get("interpolations") if file.is_file() else None
+    name = (names or ["bicubic"])[0]
+    if name not in ("bilinear", "bicubic"):
+        raise ValueError(f"{file}: unsupported interpolation {name!r}; supported: bilinear, bicubic")
+    return name
+
+
+def read_dataset_statistics(path: Path) -> dict[str, Any]:
+    """dataset_statistics.json of a fine-tuned OpenVLA checkpoint ({} when absent). OpenVLA's own LIBERO
+    eval loads it over the config's norm_stats, so its entries win."""
+    file = path / "dataset_statistics.json"
+    if not file.is_file():
+        return {}
+    stats = json.loads(file.read_text())
+    bad = [k for k, v in stats.items() if not isinstance(v, dict) or "action" not in v]
+    if bad:
+        raise ValueError(f"{file}: entries {bad} have no 'action' statistics (q01/q99/mask)")
+    return stats

@@ -18,7 +18,9 @@ import math
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,23 +28,15 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from vla_accel.conf import validated
+from vla_accel.policies.common.factory import policy_class
 from vla_accel.policies.common.image_processor import crop_resize
 from vla_accel.policies.common.observation import ParsedObs
-from vla_accel.policies.data import AUGMENTATIONS, Batch, DemoDataset, augment
+from vla_accel.policies.data import Batch, DemoDataset, augment
 from vla_accel.policies.openvla.processor_openvla import ProcessedInputs
+from vla_accel.policies.train_config import TrainSchema
 
-POLICY_TYPES = ("openvla", "cogact")
 STATE_TENSORS, STATE_JSON = "trainer_state.safetensors", "trainer_state.json"
-
-
-def policy_class(kind: str):
-    if kind == "openvla":
-        from vla_accel.policies.openvla.modeling_openvla import OpenVLAPolicy
-        return OpenVLAPolicy
-    if kind == "cogact":
-        from vla_accel.policies.cogact.modeling_cogact import CogACTPolicy
-        return CogACTPolicy
-    raise ValueError(f"unknown policy type {kind!r}; trainable types: {POLICY_TYPES}")
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -261,13 +255,60 @@ def init_vlm_from(policy, source: str | Path) -> int:
     return len(own)
 
 
+@dataclass
+class _Training:
+    """Everything one training run holds between its steps."""
+
+    cfg: DictConfig
+    out: Path
+    dataset: DemoDataset
+    policy: Any
+    params: list
+    freeze: bool
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    gens: dict[str, torch.Generator]
+    step: int
+    last: Path | None  # the newest checkpoint directory
+    probe: Any
+    norm_stats: Any
+
+
 def run_train(cfg: DictConfig) -> Path:
     """Train as `cfg` (the composed `train` config) says; returns the last checkpoint directory."""
+    run = _setup(cfg)
     t = cfg.train
-    kind = cfg.policy.type
+    log = (run.out / "metrics.jsonl").open("a")
+    bar = tqdm(total=t.steps, initial=run.step, desc=f"train {cfg.policy.type}", dynamic_ncols=True,
+               disable=not t.progress)
+    t0, s0 = time.perf_counter(), run.step
+    while run.step < t.steps:
+        record = _train_step(run)
+        if run.probe is not None and run.step % int(t.probe_every) == 0:
+            _probe(run, record, bar)
+        log.write(json.dumps(record) + "\n")
+        extra = {k: v for k, v in record.items() if k not in ("step", "loss", "lr") and not k.startswith("probe")}
+        bar.set_postfix(loss=f"{record['loss']:.4f}", **{k: f"{v:.3f}" for k, v in extra.items()})
+        bar.update(1)
+        if run.step % t.save_every == 0 or run.step == t.steps:
+            log.flush()  # a killed run keeps every logged step up to its last checkpoint
+            run.norm_stats(run.policy)
+            run.policy.eval()
+            run.last = save_checkpoint(run.out, run.policy, run.optimizer, run.step, run.gens, t.keep_checkpoints)
+            run.policy.train()
+    bar.close()
+    log.close()
+    if run.step > s0:
+        rate = (run.step - s0) / (time.perf_counter() - t0)
+        (run.out / "train_speed.json").write_text(json.dumps({"steps": run.step - s0, "steps_per_s": rate}))
+    return run.last
+
+
+def _setup(cfg: DictConfig) -> _Training:
+    """Check the config, seed every RNG, load the demos, build (or resume) the policy and its optimizer."""
+    t, kind = cfg.train, cfg.policy.type
     policy_class(kind)
-    if t.augment not in AUGMENTATIONS:
-        raise ValueError(f"unknown train.augment {t.augment!r}; valid: {AUGMENTATIONS}")
+    validated(TrainSchema, t)  # train.augment (and the types, for a section built without the schema)
     if t.num_threads:
         torch.set_num_threads(int(t.num_threads))
     random.seed(t.seed)
@@ -280,7 +321,6 @@ def run_train(cfg: DictConfig) -> Path:
     cameras = list(cfg.policy.model.get("cameras", ["agentview"]))
     chunk = int(cfg.policy.model.get("chunk_size", 1)) if kind == "cogact" else 1
     dataset = DemoDataset(list(cfg.data.paths), cameras, chunk_size=chunk)
-
     resume_from = checkpoint_dirs(out)[-1] if t.resume and checkpoint_dirs(out) else None
     policy = (policy_class(kind).from_pretrained(resume_from) if resume_from
               else make_policy_for_training(cfg, dataset))
@@ -298,50 +338,36 @@ def run_train(cfg: DictConfig) -> Path:
     # On resume the saved param groups hold `initial_lr`, so the schedule picks up at `step`.
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, t.warmup_steps, t.steps, t.min_lr_ratio), last_epoch=step - 1)
-
     probe = InputProbe(dataset, int(t.get("probe_size", 32)), t.seed) if t.get("probe_every") else None
     norm_stats = StandardizerStatistics(dataset, int(t.get("standardizer_frames", 512)), t.seed)
-    log = (out / "metrics.jsonl").open("a")
-    bar = tqdm(total=t.steps, initial=step, desc=f"train {kind}", dynamic_ncols=True,
-               disable=not t.progress)
-    last = resume_from
-    t0, s0 = time.perf_counter(), step
-    while step < t.steps:
-        idx = torch.randint(0, len(dataset), (t.batch_size,), generator=gens["data"]).numpy()
-        batch = dataset.batch(idx)
-        inputs = build_inputs(policy, batch, t.augment, gens["aug"], t.crop_area)
-        loss, extra = compute_loss(policy, kind, inputs, batch, freeze, gens["noise"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        loss_value = float(loss.detach())
-        record = {"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0], **extra}
-        if probe is not None and step % int(t.probe_every) == 0:
-            norm_stats(policy)
-            record.update(probe(policy, kind))
-            image_gap = record["probe_loss_shuffled_images"] - record["probe_loss"]
-            bar.write(f"step {step}: probe loss {record['probe_loss']:.4f}, with shuffled images "
-                      f"{record['probe_loss_shuffled_images']:.4f} (gap {image_gap:+.4f}), with shuffled "
-                      f"instructions {record['probe_loss_shuffled_instructions']:.4f}")
-        log.write(json.dumps(record) + "\n")
-        bar.set_postfix(loss=f"{loss_value:.4f}", **{k: f"{v:.3f}" for k, v in extra.items()})
-        bar.update(1)
-        if step % t.save_every == 0 or step == t.steps:
-            log.flush()  # a killed run keeps every logged step up to its last checkpoint
-            norm_stats(policy)
-            policy.eval()
-            last = save_checkpoint(out, policy, optimizer, step, gens, t.keep_checkpoints)
-            policy.train()
-    bar.close()
-    log.close()
-    steps_done = step - s0
-    if steps_done:
-        rate = steps_done / (time.perf_counter() - t0)
-        (out / "train_speed.json").write_text(json.dumps({"steps": steps_done, "steps_per_s": rate}))
-    return last
+    return _Training(cfg, out, dataset, policy, params, freeze, optimizer, scheduler, gens, step, resume_from,
+                     probe, norm_stats)
+
+
+def _train_step(run: _Training) -> dict:
+    """One optimizer step on a random batch; the metrics.jsonl record of it."""
+    t, kind = run.cfg.train, run.cfg.policy.type
+    idx = torch.randint(0, len(run.dataset), (t.batch_size,), generator=run.gens["data"]).numpy()
+    batch = run.dataset.batch(idx)
+    inputs = build_inputs(run.policy, batch, t.augment, run.gens["aug"], t.crop_area)
+    loss, extra = compute_loss(run.policy, kind, inputs, batch, run.freeze, run.gens["noise"])
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.params, t.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.step += 1
+    return {"step": run.step, "loss": float(loss.detach()), "lr": run.scheduler.get_last_lr()[0], **extra}
+
+
+def _probe(run: _Training, record: dict, bar) -> None:
+    """The input probe (does the policy use its image and instruction?) into the record and the console."""
+    run.norm_stats(run.policy)
+    record.update(run.probe(run.policy, run.cfg.policy.type))
+    image_gap = record["probe_loss_shuffled_images"] - record["probe_loss"]
+    bar.write(f"step {run.step}: probe loss {record['probe_loss']:.4f}, with shuffled images "
+              f"{record['probe_loss_shuffled_images']:.4f} (gap {image_gap:+.4f}), with shuffled "
+              f"instructions {record['probe_loss_shuffled_instructions']:.4f}")
 
 
 def run(cfg: DictConfig) -> None:

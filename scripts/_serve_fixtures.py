@@ -15,7 +15,7 @@ def write_random_checkpoint(preset: str, out: Path, image_size: int = 32, seed: 
     from omegaconf import OmegaConf
 
     from vla_accel.policies.common.action_tokenizer import compute_norm_stats
-    from vla_accel.policies.train import policy_class
+    from vla_accel.policies.common.factory import policy_class
 
     cfg = OmegaConf.load(str(files("vla_accel.conf") / "policy" / f"{preset}.yaml"))
     cls = policy_class(cfg.type)

@@ -3,7 +3,7 @@
 A random Llama (no download) with an OpenVLA-shaped prompt: [BOS][256 visual][30 text]. Every config
 runs in ONE process, interleaved round by round so machine drift cancels; warm-up rounds are not
 counted (they also fill VLA-Pruner's 3-step history). Reports p50 per config and the ratio to the plain
-HFRunner; outputs of `accel_off` are bit-identical to HFRunner's (tests/vla_accel/test_runner.py).
+HFRunner; outputs of `accel_off` are bit-identical to HFRunner's (tests/accel/test_runner.py).
 
     python scripts/bench_llm_runner.py --layers 8 --hidden 512 --rounds 15 --threads 1
 """

@@ -13,6 +13,7 @@ import pytest
 
 # Lower number = lower layer; a room may import its own modules and any room below it.
 LAYERS = {
+    "registry": -1,  # the did-you-mean name lookup of every registry
     "measure": 0,   # timers, statistics, reports
     "envs": 0,      # simulated suites
     "policies": 1,  # the VLA policies (stamp their stages with measure's timers)
@@ -28,7 +29,7 @@ PACKAGE_ROOT = Path(str(files("vla_accel")))
 
 
 def _room_path(room: str) -> Path:
-    """envs and policies live at the repository's top (the design card) and install under vla_accel."""
+    """envs and policies live at the repository's top and install under vla_accel (pyproject.toml)."""
     from importlib.util import find_spec
 
     spec = find_spec(f"vla_accel.{room}")
@@ -97,3 +98,18 @@ def test_public_entry_point(name):
     import vla_accel
 
     assert callable(getattr(vla_accel, name))
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def test_every_function_is_short():
+    """Long functions hide their steps: each one of the package fits in MAX_FUNCTION_LINES lines."""
+    long = []
+    for room, path in _module_files():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{path.name}:{node.lineno} {node.name} ({n} lines)")
+    assert long == []

@@ -7,7 +7,6 @@ subcommand goes to Hydra unchanged (overrides, `-m` multirun, `--help`, `hydra.r
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.resources
 import logging
@@ -15,6 +14,8 @@ import os
 import sys
 from dataclasses import dataclass
 from typing import Callable
+
+from vla_accel.registry import did_you_mean
 
 CONFIG_PACKAGE = "vla_accel.conf"
 CONFIG_PATH = f"pkg://{CONFIG_PACKAGE}"
@@ -112,6 +113,9 @@ def run_subcommand(name: str, args: list[str]) -> int:
         return int(target(args) or 0)
     import hydra
 
+    from vla_accel.conf import register_configs
+
+    register_configs()  # the typed schemas the YAML files name (`/schema/...`) must be in the ConfigStore
     app = hydra.main(version_base=None, config_path=CONFIG_PATH, config_name=sub.config_name)(
         _hydra_task(target))
     # Hydra parses sys.argv[1:]; argv[0] shows in its usage line.
@@ -144,9 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vla-accel {__version__}")
         return 0
     if name not in SUBCOMMANDS:
-        close = difflib.get_close_matches(name, list(SUBCOMMANDS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        print(f"vla-accel: unknown subcommand {name!r}.{hint}\n"
+        print(f"vla-accel: unknown subcommand {name!r}.{did_you_mean(name, SUBCOMMANDS)}\n"
               f"valid subcommands: {', '.join(SUBCOMMANDS)} (see vla-accel --help)", file=sys.stderr)
         return 2
     return run_subcommand(name, rest)

@@ -66,19 +66,8 @@ def _gripper_xml() -> str:
     </body>"""
 
 
-def build_scene_xml(spec: SceneSpec) -> str:
-    """MJCF text of the whole scene for one task (its objects and zones)."""
-    tx, ty = TABLE_HALF
-    bodies = "".join(o.body_xml() for o in spec.objects)
-    zones = "".join(z.body_xml() for z in spec.zones)
-    drawers = "".join(d.body_xml() for d in spec.drawers)
-    # A mocap parent and its jointed child are not filtered as parent and child: exclude explicitly.
-    drawer_excludes = "".join(
-        f'<exclude body1="{d.cabinet_body}" body2="{d.drawer_body}"/>' for d in spec.drawers
-    )
-    return f"""
-<mujoco model="vla_accel_tabletop">
-  <compiler angle="radian" autolimits="true"/>
+# The scene's physics options and rendering settings (the same for every task).
+_PHYSICS_AND_VISUAL = f"""  <compiler angle="radian" autolimits="true"/>
   <option timestep="{PHYSICS_TIMESTEP}" integrator="implicitfast" cone="elliptic" impratio="5">
     <!-- several contact points between convex shapes (cube on plate, cube on cube): they rest still -->
     <flag multiccd="enable"/>
@@ -92,7 +81,22 @@ def build_scene_xml(spec: SceneSpec) -> str:
   <default>
     <geom solref="0.005 1"/>
   </default>
-  <worldbody>
+"""
+
+
+def build_scene_xml(spec: SceneSpec) -> str:
+    """MJCF text of the whole scene for one task (its objects and zones)."""
+    tx, ty = TABLE_HALF
+    bodies = "".join(o.body_xml() for o in spec.objects)
+    zones = "".join(z.body_xml() for z in spec.zones)
+    drawers = "".join(d.body_xml() for d in spec.drawers)
+    # A mocap parent and its jointed child are not filtered as parent and child: exclude explicitly.
+    drawer_excludes = "".join(
+        f'<exclude body1="{d.cabinet_body}" body2="{d.drawer_body}"/>' for d in spec.drawers
+    )
+    return f"""
+<mujoco model="vla_accel_tabletop">
+{_PHYSICS_AND_VISUAL}  <worldbody>
     <light name="sun" directional="true" pos="0 0 2" dir="0.3 0.2 -1" diffuse="0.5 0.5 0.5"
            specular="0 0 0" castshadow="false"/>
     <geom name="floor" type="box" size="2 2 0.01" pos="0 0 -0.76" rgba="0.30 0.30 0.33 1" contype="0"

@@ -32,6 +32,16 @@ class CogACTConfig(VLMConfig):
     # evaluation uses 7 for WidowX and 2 for the Google robot).
     ensemble_horizon: int = 7
     sampling_seed: int | None = 0  # re-seeds the initial noise at reset(); None = torch's global RNG
+    # The released CogACT's choices (policies/cogact_release_layout.py sets them; the defaults are ours).
+    # DiT layout: 2 = [t][z] condition tokens and affine LayerNorms; 1 = CogACT's single t + z token.
+    dit_condition_tokens: int = 2
+    dit_norm_affine: bool = True  # False: CogACT's DiT LayerNorms have no weight or bias
+    ddim_clip_sample: bool = True  # False: CogACT samples without clamping x0 (clip_denoised=False)
+    # CogACT's predict_action sets the last (gripper) dim of the normalised chunk to 0 below 0.5, else 1.
+    binarize_gripper: bool = False
+    # The token whose hidden state is the cognition feature: None = our tokenizer's <cog>; CogACT's
+    # release uses Llama's </s> (id 2), which its prompt ends with.
+    cognition_token_id: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -53,3 +63,5 @@ class CogACTConfig(VLMConfig):
             raise ValueError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
         if self.repeated_diffusion_steps < 1:
             raise ValueError("repeated_diffusion_steps must be >= 1")
+        if self.dit_condition_tokens not in (1, 2):
+            raise ValueError(f"dit_condition_tokens must be 1 (CogACT's t + z) or 2, got {self.dit_condition_tokens}")

@@ -1,6 +1,9 @@
-"""A DiT action head (CogACT's "in-context conditioning" variant).
+"""A DiT action head with in-context conditioning (no adaLN), in two token layouts.
 
-Sequence: [timestep token, condition token, x_1 .. x_H] (B, 2 + H, W), learned position embedding,
+Sequence (`condition_tokens=2`, our default): [timestep token, condition token, x_1 .. x_H]
+(B, 2 + H, W). `condition_tokens=1` is the released CogACT's: one condition token, the sum of the
+timestep and condition embeddings, [t + z, x_1 .. x_H] (B, 1 + H, W), with LayerNorms that carry no
+affine parameters (`norm_affine=False`), so that its weights load unchanged. Then a learned position embedding,
 `depth` blocks of pre-norm self-attention (`attn`) and MLP (`mlp`) as separate sub-modules so that a
 feature cache can reuse their outputs between denoising steps (EfficientVLA), then a final norm and a
 linear layer on the H action tokens -> predicted noise (B, H, A).
@@ -90,11 +93,11 @@ class FeedForward(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0, norm_affine: bool = True) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(width, eps=1e-6)
+        self.norm1 = nn.LayerNorm(width, eps=1e-6, elementwise_affine=norm_affine)
         self.attn = SelfAttention(width, num_heads)
-        self.norm2 = nn.LayerNorm(width, eps=1e-6)
+        self.norm2 = nn.LayerNorm(width, eps=1e-6, elementwise_affine=norm_affine)
         self.mlp = FeedForward(width, int(width * mlp_ratio))
 
     def forward(self, x: torch.Tensor, cache: FeatureCache | None = None, index: int = 0) -> torch.Tensor:
@@ -107,19 +110,23 @@ class DiTBlock(nn.Module):
 
 class DiT(nn.Module):
     def __init__(self, action_dim: int, horizon: int, cond_dim: int, width: int = 256, depth: int = 4,
-                 num_heads: int = 4, mlp_ratio: float = 4.0, standardize_condition: bool = False) -> None:
+                 num_heads: int = 4, mlp_ratio: float = 4.0, standardize_condition: bool = False,
+                 condition_tokens: int = 2, norm_affine: bool = True) -> None:
         super().__init__()
         if width % num_heads:
             raise ValueError(f"DiT width {width} must be divisible by num_heads {num_heads}")
+        if condition_tokens not in (1, 2):
+            raise ValueError(f"DiT condition_tokens must be 1 (CogACT's t + z) or 2 ([t][z]), got {condition_tokens}")
         self.horizon = horizon
+        self.condition_tokens = condition_tokens
         self.x_embedder = nn.Linear(action_dim, width)
         self.t_embedder = TimestepEmbedder(width)
         self.z_embedder = nn.Linear(cond_dim, width)
         self.cond_norm = FeatureStandardizer(cond_dim) if standardize_condition else nn.Identity()
         self.null_condition = nn.Parameter(torch.randn(1, cond_dim) * 0.02)
-        self.pos_embed = nn.Parameter(torch.randn(1, horizon + 2, width) * 0.02)
-        self.blocks = nn.ModuleList(DiTBlock(width, num_heads, mlp_ratio) for _ in range(depth))
-        self.final_norm = nn.LayerNorm(width, eps=1e-6)
+        self.pos_embed = nn.Parameter(torch.randn(1, horizon + condition_tokens, width) * 0.02)
+        self.blocks = nn.ModuleList(DiTBlock(width, num_heads, mlp_ratio, norm_affine) for _ in range(depth))
+        self.final_norm = nn.LayerNorm(width, eps=1e-6, elementwise_affine=norm_affine)
         self.final_proj = nn.Linear(width, action_dim)
         nn.init.zeros_(self.final_proj.weight)  # start by predicting zero noise (DiT's init)
         nn.init.zeros_(self.final_proj.bias)
@@ -130,13 +137,16 @@ class DiT(nn.Module):
         return self.cond_norm(cognition)
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """x (B, H, A) noisy actions, t (B,) timesteps, cond (B, C) standardised -> tokens (B, 2 + H, W)."""
-        tokens = torch.cat([self.t_embedder(t)[:, None], self.z_embedder(cond)[:, None],
-                            self.x_embedder(x)], dim=1)
-        return tokens + self.pos_embed
+        """x (B, H, A) noisy actions, t (B,) timesteps, cond (B, C) standardised -> tokens
+        (B, condition_tokens + H, W)."""
+        if self.condition_tokens == 1:  # CogACT: the condition token is the sum t_emb + z_emb
+            head = (self.t_embedder(t) + self.z_embedder(cond))[:, None]
+        else:
+            head = torch.cat([self.t_embedder(t)[:, None], self.z_embedder(cond)[:, None]], dim=1)
+        return torch.cat([head, self.x_embedder(x)], dim=1) + self.pos_embed
 
     def head(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, 2 + H, W) -> predicted noise (B, H, A)."""
+        """(B, condition_tokens + H, W) -> predicted noise (B, H, A)."""
         return self.final_proj(self.final_norm(tokens[:, -self.horizon :]))
 
     def start_loop(self) -> None:

@@ -28,12 +28,14 @@ class CogACTPolicy(VLMBase):
 
     def __init__(self, config: CogACTConfig, tokenizer, runner=None) -> None:
         super().__init__(config, tokenizer, runner)
-        self.cognition_id = tokenizer.convert_tokens_to_ids(COG)
+        self.cognition_id = (config.cognition_token_id if config.cognition_token_id is not None
+                             else tokenizer.convert_tokens_to_ids(COG))
         hidden = self.language_model.config.hidden_size
         self.action_model = DiT(config.action_dim, config.chunk_size, hidden, config.dit_width,
                                 config.dit_depth, config.dit_heads, config.dit_mlp_ratio,
-                                config.standardize_condition)
-        self.diffusion = DDIM(config.diffusion_steps, config.noise_schedule)
+                                config.standardize_condition, config.dit_condition_tokens,
+                                config.dit_norm_affine)
+        self.diffusion = DDIM(config.diffusion_steps, config.noise_schedule, config.ddim_clip_sample)
         self.ensembler = AdaptiveEnsembler(config.ensemble_horizon, config.ensemble_alpha)
         self._generator = torch.Generator()
         self._seed_noise()
@@ -80,6 +82,8 @@ class CogACTPolicy(VLMBase):
             with self.timer.stage("action_head"):
                 normalized = self.sample_actions(cognition, noise).float().cpu()
             self.runner.end_step()
+        if self.config.binarize_gripper:  # CogACT's predict_action: gripper 0 below 0.5, else 1
+            normalized[..., -1] = (normalized[..., -1] >= 0.5).float()
         return unnormalize_actions(normalized.numpy(), stats)
 
     @torch.no_grad()
@@ -160,5 +164,26 @@ class CogACTPolicy(VLMBase):
 
     # --- checkpoints --------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | Path, runner=None, device=None, dtype=None) -> "CogACTPolicy":
-        return cls._load_native(Path(path), read_config(path), runner=runner, device=device, dtype=dtype)
+    def from_pretrained(cls, path: str | Path, runner=None, device=None, dtype=None,
+                        tokenizer_path: str | Path | None = None, llm_config=None,
+                        dit_heads: int | None = None) -> "CogACTPolicy":
+        """Our own checkpoints, or a released CogACT directory (config.json, dataset_statistics.json,
+        checkpoints/CogACT-*.pt; or the .pt itself). The release lacks the Llama-2 tokenizer and config:
+        tokenizer_path (and llm_config, default: the same directory) name a local copy of
+        Llama-2-7b-hf; dit_heads is needed only for a DiT of none of the released sizes
+        (docs/cogact_checkpoint_layout.md)."""
+        from vla_accel.policies.cogact_release_layout import float32_rotary, is_cogact_release, load_cogact_release
+
+        path = Path(path)
+        if is_cogact_release(path):
+            return load_cogact_release(path, runner=runner, device=device, dtype=dtype,
+                                       tokenizer_path=tokenizer_path, llm_config=llm_config, dit_heads=dit_heads)
+        given = [n for n, v in (("tokenizer_path", tokenizer_path), ("llm_config", llm_config),
+                                ("dit_heads", dit_heads)) if v is not None]
+        if given:
+            raise ValueError(f"{path}: {given} are for released CogACT checkpoints; ours carry their tokenizer "
+                             "and configuration")
+        model = cls._load_native(path, read_config(path), runner=runner, device=device, dtype=dtype)
+        if model.dtype != torch.float32:  # a bf16 cast rounds the rotary frequencies too: rebuild them
+            float32_rotary(model)
+        return model

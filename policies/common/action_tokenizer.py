@@ -52,6 +52,8 @@ def action_stats(norm_stats: Mapping[str, Any], unnorm_key: str | None) -> dict:
                 f"the model was trained on several datasets; pass unnorm_key, one of {sorted(norm_stats)}"
             )
         unnorm_key = next(iter(norm_stats))
+    if unnorm_key not in norm_stats and f"{unnorm_key}_no_noops" in norm_stats:
+        unnorm_key = f"{unnorm_key}_no_noops"  # OpenVLA's LIBERO fine-tunes (its run_libero_eval does the same)
     if unnorm_key not in norm_stats:
         raise ValueError(f"unknown unnorm_key {unnorm_key!r}; valid keys: {sorted(norm_stats)}")
     return norm_stats[unnorm_key]["action"]

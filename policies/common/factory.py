@@ -19,7 +19,22 @@ COGACT_RUNTIME = ("n_action_steps", "use_ensemble", "cfg_scale", "ddim_steps", "
                   "ensemble_alpha", "ensemble_horizon")
 
 
-def _device_dtype(cfg: Mapping[str, Any]) -> tuple[str, torch.dtype]:
+POLICY_TYPES = ("openvla", "cogact")
+
+
+def policy_class(kind: str):
+    """The policy class of a learned policy type (imported on use: each pulls in its model code)."""
+    if kind == "openvla":
+        from vla_accel.policies.openvla.modeling_openvla import OpenVLAPolicy
+        return OpenVLAPolicy
+    if kind == "cogact":
+        from vla_accel.policies.cogact.modeling_cogact import CogACTPolicy
+        return CogACTPolicy
+    raise ValueError(f"unknown policy type {kind!r}; trainable types: {POLICY_TYPES}")
+
+
+def device_dtype(cfg: Mapping[str, Any]) -> tuple[str, torch.dtype]:
+    """(device, dtype) of a policy config: dtype null is float32 on CPU, bfloat16 on CUDA."""
     device = str(cfg.get("device") or "cpu")
     name = cfg.get("dtype")
     if name is None:
@@ -63,8 +78,9 @@ def _path(cfg: Mapping[str, Any], kind: str) -> str:
 def make_openvla_policy(cfg: Mapping[str, Any], env=None):
     from vla_accel.policies.openvla.modeling_openvla import OpenVLAPolicy
 
-    device, dtype = _device_dtype(cfg)
-    policy = OpenVLAPolicy.from_pretrained(_path(cfg, "openvla"), device=device, dtype=dtype)
+    device, dtype = device_dtype(cfg)
+    policy = OpenVLAPolicy.from_pretrained(_path(cfg, "openvla"), device=device, dtype=dtype,
+                                           center_crop=cfg.get("center_crop"))
     policy.unnorm_key = cfg.get("unnorm_key")
     return policy
 
@@ -74,8 +90,10 @@ def make_cogact_policy(cfg: Mapping[str, Any], env=None):
     from vla_accel.policies.cogact.ensemble import AdaptiveEnsembler
     from vla_accel.policies.cogact.modeling_cogact import CogACTPolicy
 
-    device, dtype = _device_dtype(cfg)
-    policy = CogACTPolicy.from_pretrained(_path(cfg, "cogact"), device=device, dtype=dtype)
+    device, dtype = device_dtype(cfg)
+    # A released CogACT checkpoint needs the Llama-2 tokenizer / config it lacks (cogact_release.yaml).
+    release = {k: cfg[k] for k in ("tokenizer_path", "llm_config", "dit_heads") if cfg.get(k) is not None}
+    policy = CogACTPolicy.from_pretrained(_path(cfg, "cogact"), device=device, dtype=dtype, **release)
     policy.unnorm_key = cfg.get("unnorm_key")
     overrides = {k: cfg[k] for k in COGACT_RUNTIME if cfg.get(k) is not None}
     if overrides:

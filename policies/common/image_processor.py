@@ -2,7 +2,9 @@
 
 Steps: [0, 1] floats; optional centre crop keeping `crop_scale` of the area (OpenVLA evaluates with a
 centre crop of 0.9 area when it was trained with random-crop augmentation); bilinear resize to the
-encoders' resolution S ("resize-naive"); per-encoder mean/std; encoders stacked on the channel axis.
+encoders' resolution S ("resize-naive"; bilinear for our checkpoints, bicubic for OpenVLA's, whose
+preprocessor config says so; torch's antialiased kernels, which differ from PIL's in the last bits);
+per-encoder mean/std; encoders stacked on the channel axis.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import torch
 import torch.nn.functional as F
 
 
-def crop_resize(x: torch.Tensor, size: int, crop_scale: float = 1.0) -> torch.Tensor:
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+def crop_resize(x: torch.Tensor, size: int, crop_scale: float = 1.0, mode: str = "bilinear") -> torch.Tensor:
     """x (B, 3, H, W) float -> centre crop of `crop_scale` area, resized to (B, 3, size, size)."""
     if crop_scale < 1.0:
         h, w = x.shape[-2:]
@@ -23,15 +28,18 @@ def crop_resize(x: torch.Tensor, size: int, crop_scale: float = 1.0) -> torch.Te
         top, left = (h - ch) // 2, (w - cw) // 2
         x = x[..., top : top + ch, left : left + cw]
     if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        x = F.interpolate(x, size=(size, size), mode=mode, align_corners=False, antialias=True)
     return x
 
 
 class ImageProcessor:
     def __init__(self, image_size: int, means: list[list[float]], stds: list[list[float]],
-                 crop_scale: float = 1.0) -> None:
+                 crop_scale: float = 1.0, interpolation: str = "bilinear") -> None:
         if not 0.1 <= crop_scale <= 1.0:
             raise ValueError(f"crop_scale must be in [0.1, 1], got {crop_scale}")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, got {interpolation!r}")
+        self.interpolation = interpolation
         if len(means) != len(stds) or not means:
             raise ValueError("need one mean and one std per encoder")
         self.image_size = image_size
@@ -54,9 +62,9 @@ class ImageProcessor:
         return torch.cat(outs, dim=1)
 
     def __call__(self, images, device=None) -> torch.Tensor:
-        x = crop_resize(self.to_float(images, device), self.image_size, self.crop_scale)
+        x = crop_resize(self.to_float(images, device), self.image_size, self.crop_scale, self.interpolation)
         return self.normalize(x)
 
     def to_dict(self) -> dict:
         return {"image_size": self.image_size, "means": self.means, "stds": self.stds,
-                "crop_scale": self.crop_scale}
+                "crop_scale": self.crop_scale, "interpolation": self.interpolation}

@@ -120,6 +120,17 @@ class VLMBase(nn.Module):
         return 256
 
     # --- device / dtype -----------------------------------------------------------------------
+    def _apply(self, fn, recurse: bool = True):
+        """Every .to() / .bfloat16() / .cuda() ends here: afterwards the rotary frequencies are rebuilt in
+        float32, as transformers' from_pretrained(dtype=bf16) and the official OpenVLA code keep them
+        (bf16 frequencies put cos/sin off by up to 0.36 at position ~275 with head_dim 128)."""
+        super()._apply(fn, recurse)
+        llm = getattr(getattr(self, "language_model", None), "model", None)
+        rope = getattr(llm, "rotary_emb", None)
+        if rope is not None and rope.inv_freq.dtype != torch.float32 and rope.inv_freq.device.type != "meta":
+            llm.rotary_emb = type(rope)(config=llm.config).to(rope.inv_freq.device)
+        return self
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

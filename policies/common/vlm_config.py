@@ -27,6 +27,7 @@ class VLMConfig:
     # Size of the images the policy accepts (the demos' size); None = any size (resized, as OpenVLA).
     input_image_size: int | None = 128
     crop_scale: float = 1.0  # inference centre crop (0.9 when trained with random-crop augmentation)
+    resize_interpolation: str = "bilinear"  # images not at the encoders' size: bilinear | bicubic (OpenVLA's)
     action_dim: int = 7
     attn_implementation: str = "sdpa"
     prompt_template: str = OPENVLA_PROMPT

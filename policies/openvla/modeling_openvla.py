@@ -17,7 +17,7 @@ from vla_accel.policies.common.action_tokenizer import (
 )
 from vla_accel.policies.common.observation import ParsedObs, as_uint8_image, check_instructions
 from vla_accel.policies.common.vlm import VLMBase, read_config
-from vla_accel.policies.openvla.configuration_openvla import MODEL_TYPE, OpenVLAConfig
+from vla_accel.policies.openvla.configuration_openvla import MODEL_TYPE, OpenVLAConfig, env_gripper
 from vla_accel.policies.openvla.processor_openvla import ProcessedInputs
 
 
@@ -46,13 +46,15 @@ class OpenVLAPolicy(VLMBase):
 
     @torch.no_grad()
     def predict_action_chunk(self, obs: dict) -> np.ndarray:
-        """obs (unbatched or batched) -> (B, 1, action_dim) float32 un-normalised actions."""
-        return self._predict(self.parse(obs))[:, None]
+        """obs (unbatched or batched) -> (B, 1, action_dim) float32 un-normalised actions, the gripper in
+        the envs' convention (-1 open, +1 close; configuration_openvla.env_gripper)."""
+        return env_gripper(self._predict(self.parse(obs)), self.config.gripper)[:, None]
 
     @torch.no_grad()
     def predict_action(self, image, instruction: str, unnorm_key: str | None = None,
                        wrist_image=None) -> np.ndarray:
-        """OpenVLA's call: one (H, W, 3) uint8 image (numpy or PIL) + instruction -> (action_dim,)."""
+        """OpenVLA's call: one (H, W, 3) uint8 image (numpy or PIL) + instruction -> (action_dim,), raw as
+        OpenVLA's own ``predict_action`` returns it (a released checkpoint's gripper in [0, 1], 1 = open)."""
         images = {"agentview": as_uint8_image(image, "image")[None]}
         if "wrist" in self.config.cameras:
             if wrist_image is None:
@@ -108,12 +110,18 @@ class OpenVLAPolicy(VLMBase):
 
     # --- checkpoints --------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | Path, runner=None, device=None, dtype=None) -> "OpenVLAPolicy":
-        """Our own checkpoints, or the published OpenVLA Hugging Face layout (model_type "openvla")."""
+    def from_pretrained(cls, path: str | Path, runner=None, device=None, dtype=None,
+                        center_crop: bool | None = None) -> "OpenVLAPolicy":
+        """Our own checkpoints, or the published OpenVLA Hugging Face layout (model_type "openvla").
+        center_crop: OpenVLA layout only (its config does not record it): True for a checkpoint fine-tuned
+        with random-crop augmentation, as OpenVLA's LIBERO ones (its eval then crops 0.9 of the area)."""
         path = Path(path)
         cfg = read_config(path)
         if cfg.get("model_type") == "openvla":
             from vla_accel.policies.openvla_hf_layout import load_openvla_hf
 
-            return load_openvla_hf(path, runner=runner, device=device, dtype=dtype)
+            return load_openvla_hf(path, runner=runner, device=device, dtype=dtype,
+                                   crop_scale=0.9 if center_crop else 1.0)
+        if center_crop is not None:
+            raise ValueError(f"{path}: center_crop is for OpenVLA-layout checkpoints; ours store their crop_scale")
         return cls._load_native(path, cfg, runner=runner, device=device, dtype=dtype)

@@ -37,6 +37,7 @@ class VLAProcessor:
             [v.image_mean for v in config.vision],
             [v.image_std for v in config.vision],
             crop_scale=config.crop_scale,
+            interpolation=config.resize_interpolation,
         )
 
     def prompt(self, instruction: str) -> tuple[str, tuple[int, int]]:

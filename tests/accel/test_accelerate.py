@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from fixtures.tiny_policies import obs, tiny_cogact, tiny_openvla
+from fixtures.tiny_models import obs, tiny_cogact, tiny_openvla
 
 from vla_accel.accel.config import AccelConfig
 from vla_accel.accel.accelerate import accelerate
@@ -40,8 +40,9 @@ def test_openvla_vla_pruner_warms_up_then_prunes_and_resets(openvla):
         assert action.shape == (7,) and np.isfinite(action).all()
         assert runner.stats.pruned == (step >= 3)
     assert runner.stats.kept_visual.shape == (1, round(m * 0.25))
-    # the 7 action queries (prefill's last + 6 decodes) were read at the action layer only
-    assert runner.stats.attention_probes[1:] == [("prefill", 1, 1)] + [("decode", 1, 1)] * 6
+    # the 7 action queries (prefill's last + 6 decodes) were read at the action layer only, by default
+    # max(K, 4 // 2 - 1) = K = 2: never before the pruning layer
+    assert runner.stats.attention_probes[1:] == [("prefill", 2, 1)] + [("decode", 2, 1)] * 6
     openvla.reset()
     assert len(runner.method._history) == 0
     openvla.select_action(obs())
@@ -140,3 +141,29 @@ def test_cogact_all_three_parts_together_on_a_batch(cogact):
         assert head_cache(cogact).full_steps == 3 * 2
     finally:
         accelerate(cogact, "none")
+
+
+def test_select_stage_times_the_pruning_methods_own_work(openvla):
+    """VLA-Pruner's probes, capture, selection and history update are timed as "select", inside prefill
+    and decode; with no acceleration there is no select stage."""
+    accelerate(openvla, "none")
+    openvla.predict_action_chunk(obs())
+    assert "select" not in openvla.last_timing
+    accelerate(openvla, "vla_pruner", keep_ratio=0.25, prune_layer=2)
+    for step in range(5):
+        openvla.predict_action_chunk(obs(seed=step))
+        t = openvla.last_timing
+        assert t["select"] > 0  # the warm-up steps capture the action attention too
+        assert t["select"] <= t["prefill"] + t["decode"] <= t["total"]
+    assert openvla.runner.stats.pruned
+    accelerate(openvla, "none")
+
+
+def test_keep_tokens_beyond_the_visual_token_count_fails_at_accelerate_time(openvla):
+    m = openvla.config.num_visual_tokens
+    before = openvla.runner
+    with pytest.raises(ValueError, match=f"keep_tokens={m + 1} exceeds the {m} visual tokens"):
+        accelerate(openvla, "fastv", keep_tokens=m + 1, prune_layer=2)
+    assert openvla.runner is before
+    accelerate(openvla, "fastv", keep_tokens=m, prune_layer=2)  # all of them is allowed
+    accelerate(openvla, "none")

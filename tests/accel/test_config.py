@@ -3,18 +3,59 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from fixtures.fakes import compose_config
+
 import vla_accel.conf
 from vla_accel.accel.config import AccelConfig, HeadCacheConfig, LayerSkipConfig, TokenPruningConfig, resolve_plan
+from vla_accel.accel.preset_config import load_preset, preset_names
 from vla_accel.accel.pruning import METHODS
 
 ACCEL_DIR = Path(vla_accel.conf.__file__).parent / "accel"
+
+# Every preset's composed `accel` group as it was when each file still listed all eleven keys (before
+# they inherited the AccelPreset schema): the inheritance must not change one value. (Except fastv's and
+# vla_pruner's prune_layer, 3 -> 2 since: each paper's K in the convention of TokenPruningConfig.)
+_OFF = {"name": "none", "method": None, "keep_ratio": None, "keep_tokens": None, "prune_layer": None,
+        "skip_layers": [], "skip_ranking_file": None, "skip_num_drop": 0, "head_cache_interval": 1,
+        "reuse": None, "params": {}}
+_PRUNING = {"keep_ratio": 0.5}
+COMPOSED_BEFORE = {
+    "none": _OFF,
+    "divprune": {**_OFF, **_PRUNING, "name": "divprune", "method": "divprune", "prune_layer": 0},
+    "efficientvla_tokens": {**_OFF, **_PRUNING, "name": "efficientvla_tokens", "method": "efficientvla_tokens",
+                            "prune_layer": 3, "params": {"k_key": 4, "alpha": 0.5}},
+    "fastv": {**_OFF, **_PRUNING, "name": "fastv", "method": "fastv", "prune_layer": 2},
+    "random": {**_OFF, **_PRUNING, "name": "random", "method": "random", "prune_layer": 0, "params": {"seed": 0}},
+    "text_guided": {**_OFF, **_PRUNING, "name": "text_guided", "method": "text_guided", "prune_layer": 3},
+    "uniform": {**_OFF, **_PRUNING, "name": "uniform", "method": "uniform", "prune_layer": 0},
+    "vla_cache": {**_OFF, "name": "vla_cache", "reuse": {"static_threshold": 0.996, "max_static": 150,
+                                                         "num_relevant": 100, "relevance_layer": None}},
+    "vla_pruner": {**_OFF, **_PRUNING, "name": "vla_pruner", "method": "vla_pruner", "prune_layer": 2,
+                   "params": {"window": 3, "gamma": 0.8, "semantic_queries": "all",
+                              "temporal_order": "newest_first", "action_layer": None}},
+}
+
+
+@pytest.mark.parametrize("app", ["eval", "serve"])
+def test_every_preset_composes_exactly_as_before_the_base(app):
+    assert preset_names() == sorted(COMPOSED_BEFORE)
+    for name, before in COMPOSED_BEFORE.items():
+        assert OmegaConf.to_container(compose_config(app, [f"accel={name}"]).accel) == before, name
+        assert load_preset(name) == before, name  # what load_accel_config and the sweep read
+
+
+def test_a_preset_lists_only_what_differs_from_the_base():
+    for path in ACCEL_DIR.glob("*.yaml"):
+        raw = OmegaConf.to_container(OmegaConf.load(path))
+        assert raw.pop("defaults") == ["/schema/accel@_here_", "_self_"], path.name
+        assert all(_OFF[k] != v for k, v in raw.items() if k != "name"), path.name
 
 
 def test_every_method_has_a_config_file_that_builds():
     names = {p.stem for p in ACCEL_DIR.glob("*.yaml")}
     assert set(METHODS) | {"none"} <= names
     for path in ACCEL_DIR.glob("*.yaml"):
-        d = OmegaConf.to_container(OmegaConf.load(path))
+        d = load_preset(path.stem)
         cfg = AccelConfig.from_dict(d)
         assert d["name"] == path.stem
         if path.stem == "none":
@@ -77,8 +118,8 @@ def test_binding_to_a_model_checks_layer_indices():
         resolve_plan(AccelConfig(pruning=fastv), 32)
     with pytest.raises(ValueError, match=r"layers \[40\] do not exist"):
         resolve_plan(AccelConfig(layer_skip=LayerSkipConfig(layers=(40,))), 32)
-    with pytest.raises(ValueError, match="K-1=2, which is skipped"):
-        resolve_plan(AccelConfig(TokenPruningConfig("fastv", keep_ratio=0.5), LayerSkipConfig(layers=(2,))), 32)
+    with pytest.raises(ValueError, match="K-1=1, which is skipped"):  # fastv's K = 2
+        resolve_plan(AccelConfig(TokenPruningConfig("fastv", keep_ratio=0.5), LayerSkipConfig(layers=(1,))), 32)
     with pytest.raises(ValueError, match="K must be >= 1"):
         resolve_plan(AccelConfig(TokenPruningConfig("fastv", keep_ratio=0.5, layer=0)), 32)
     with pytest.raises(ValueError, match="action_layer=15 is skipped"):
@@ -87,7 +128,7 @@ def test_binding_to_a_model_checks_layer_indices():
 
 def test_plan_defaults():
     plan = resolve_plan(AccelConfig(TokenPruningConfig("vla_pruner", keep_ratio=0.5)), 32)
-    assert (plan.prune_layer, plan.score_layer, plan.action_layer) == (3, 2, 15)
+    assert (plan.prune_layer, plan.score_layer, plan.action_layer) == (2, 1, 15)  # the paper's K=3: 2 full layers
     plan = resolve_plan(AccelConfig(TokenPruningConfig("divprune", keep_ratio=0.5), LayerSkipConfig((30, 31))), 32)
     assert (plan.prune_layer, plan.score_layer, plan.action_layer) == (0, None, None)
     assert plan.executed == tuple(range(30))
@@ -97,10 +138,7 @@ def test_plan_defaults():
 
 
 def test_presets_compose_with_the_eval_app_and_sweep_overrides():
-    from hydra import compose, initialize_config_module
-
-    with initialize_config_module(config_module="vla_accel.conf", version_base=None):
-        cfg = compose("eval", overrides=["accel=vla_pruner", "accel.keep_ratio=0.25", "accel.params.window=2"])
+    cfg = compose_config("eval", ["accel=vla_pruner", "accel.keep_ratio=0.25", "accel.params.window=2"])
     accel = AccelConfig.from_dict(OmegaConf.to_container(cfg.accel, resolve=True))
     assert accel.pruning.method == "vla_pruner" and accel.pruning.budget(256) == 64
     assert accel.pruning.params["window"] == 2

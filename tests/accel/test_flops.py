@@ -42,3 +42,17 @@ def test_accelerated_prefill_summary():
 def test_vision_and_projector():
     assert vit_flops(1, 2, 3, 5) == 4 * 2 * 9 + 2 * 4 * 3 + 2 * 2 * 3 * 5
     assert projector_flops(10, (8, 16, 4)) == 10 * 8 * 16 + 10 * 16 * 4
+
+
+def test_presets_prune_where_their_papers_do():
+    """TokenPruningConfig's convention: prune_layer = the number of layers that see every token.
+    VLA-Pruner's K=3 (K-1 full layers in its ratio) -> 2; FastV "after layer 2" -> 2; DivPrune before the LLM."""
+    from vla_accel.accel.config import load_accel_config
+
+    layers = {name: load_accel_config(name).pruning.prune_layer for name in ("vla_pruner", "fastv", "divprune")}
+    assert layers == {"vla_pruner": 2, "fastv": 2, "divprune": 0}
+    n, n_kept = 256 + 30, 128 + 30
+    cfg = load_accel_config("vla_pruner")  # keep 0.5
+    ours = accelerated_prefill_flops(LLAMA7B, cfg, n, 256)
+    assert ours["tokens_kept"] == 128
+    assert ours["ratio"] == pytest.approx(pruning_flops_ratio(32, 3, n, n_kept, 4096, 11008), rel=1e-12)

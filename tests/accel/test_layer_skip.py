@@ -1,7 +1,7 @@
 import json
 
 import torch
-from fixtures.tiny_llama import make_llama, make_prompt
+from fixtures.tiny_models import make_llama, make_prompt
 
 from vla_accel.accel.config import AccelConfig, LayerSkipConfig, resolve_plan
 from vla_accel.accel.layer_skip import calibrate_layer_skip, layer_importance
@@ -39,7 +39,7 @@ def test_skipping_the_identity_layer_changes_nothing():
 
 
 def test_calibration_on_a_policy_records_its_prompts(tmp_path):
-    from fixtures.tiny_policies import obs, tiny_openvla
+    from fixtures.tiny_models import obs, tiny_openvla
 
     from vla_accel.accel.layer_skip import calibrate_policy_layer_skip
     from vla_accel.policies.llm_runner import HFRunner

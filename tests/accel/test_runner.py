@@ -1,6 +1,6 @@
 import pytest
 import torch
-from fixtures.tiny_llama import HIDDEN, make_llama, make_prompt, reference_logits
+from fixtures.tiny_models import HIDDEN, make_llama, make_prompt, reference_logits
 
 import vla_accel.accel.runner as runner_mod
 from vla_accel.accel.config import AccelConfig, LayerSkipConfig, TokenPruningConfig
@@ -228,3 +228,58 @@ def test_bad_prompt_inputs_raise(llm):
         AcceleratedRunner(pruning("fastv", layer=6)).prefill(llm, **prompt)
     with pytest.raises(ValueError, match="exceeds the 16 visual tokens"):
         AcceleratedRunner(pruning("fastv", keep_tokens=17)).prefill(llm, **prompt)
+
+
+def _pruned_mask(runner):
+    return torch.ones(3, 16, dtype=torch.bool).scatter_(1, runner.stats.kept_visual, False)
+
+
+@pytest.mark.parametrize("action_layer", [None, 0, 1, 2, 4])
+def test_tokens_pruned_at_a_step_have_exactly_zero_action_score(llm, action_layer):
+    """K = 3 in a 6-layer Llama: an action layer before K still sees every token, but VLA-Pruner's rule is
+    that a token pruned at step t has no action score for t: the history holds exactly 0 there."""
+    kw = {} if action_layer is None else {"action_layer": action_layer}
+    runner = AcceleratedRunner(pruning("vla_pruner", layer=3, keep_ratio=0.25, window=1, **kw))
+    assert runner.plan(llm).action_layer == (3 if action_layer is None else action_layer)  # default >= K
+    prompt, tokens = make_prompt(), decode_tokens(6, batch=3)
+    run(runner, llm, prompt, tokens)  # warm-up step
+    for _ in range(2):
+        run(runner, llm, prompt, tokens)
+        assert runner.stats.pruned
+        s_act, pruned = runner.method._history[-1], _pruned_mask(runner)
+        assert (s_act[pruned] == 0).all() and (s_act[~pruned] > 0).all()
+
+
+def test_default_action_layer_is_never_before_k():
+    from vla_accel.accel.config import resolve_plan
+
+    for n_layers, k, skip, want in [(32, 2, (), 15), (6, 3, (), 3), (6, 2, (), 2), (4, 3, (), 3), (2, 1, (), 1),
+                                    (8, 5, (7,), 5), (4, 1, (3,), 1), (8, 6, (7,), 6)]:
+        cfg = pruning("vla_pruner", layer=k, skip=skip)
+        plan = resolve_plan(cfg, n_layers)
+        assert plan.action_layer == want and plan.action_layer >= k and plan.action_layer in plan.executed
+
+
+@pytest.mark.parametrize("sizes", [(1, 1, 3, 3), (3, 3, 1)])
+def test_batch_size_change_within_an_episode_is_a_clear_error(llm, sizes):
+    """Before: 1,1,3,3 silently broadcast row 0's history into rows 1-2; 3,3,1 crashed in scatter_."""
+    runner = AcceleratedRunner(pruning("vla_pruner", layer=2, keep_ratio=0.25, window=3, action_layer=4))
+    prompts = {1: make_prompt(lengths=(30,)), 3: make_prompt()}
+    with pytest.raises(ValueError, match=r"batch size changed from \d to \d within an episode; call reset\(\)"):
+        for b in sizes:
+            run(runner, llm, prompts[b], decode_tokens(2, batch=b))
+    runner.reset()  # a new episode may use any batch size
+    run(runner, llm, prompts[sizes[-1]], decode_tokens(2, batch=sizes[-1]))
+
+
+def test_observe_step_checks_the_batch_size_against_every_stored_step():
+    from vla_accel.accel.pruning import build_method
+
+    m = build_method("vla_pruner", window=3)
+    m.observe_step(torch.rand(1, 8))
+    m.observe_step(torch.rand(1, 8))
+    with pytest.raises(ValueError, match="batch size changed from 1 to 3"):
+        m.observe_step(torch.rand(3, 8))
+    with pytest.raises(ValueError, match="batch size changed from 1 to 3"):
+        m.wants_to_prune(3)  # during warm-up too
+    assert not m.wants_to_prune(1)

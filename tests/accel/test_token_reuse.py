@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from fixtures.tiny_llama import make_llama, make_prompt
+from fixtures.tiny_models import make_llama, make_prompt
 
 from vla_accel.accel.config import AccelConfig
 from vla_accel.policies.llm_runner import HFRunner

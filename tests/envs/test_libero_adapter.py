@@ -1,23 +1,21 @@
 """LIBERO adapter: pure parts against a fake LIBERO (always run), a smoke test against the real one.
 
-The fake mimics the three LIBERO names the adapter uses (benchmark.get_benchmark_dict, get_libero_path,
-OffScreenRenderEnv with seed/reset/set_init_state/step/check_success/close) and renders frames upside
-down the way robosuite does, so the adapter's own logic is tested without the 350 MB package.
+The fake (tests/fixtures/fake_libero.py) mimics the LIBERO names the adapter uses and renders frames upside
+down the way robosuite does, so the adapter's own logic is tested without the ~1.2 GB package.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from types import SimpleNamespace
-from typing import NamedTuple
 
 import numpy as np
 import pytest
+from fixtures.fake_libero import fake_libero
 from gymnasium.utils.env_checker import check_env
 
 from vla_accel.envs import make_env
-from vla_accel.envs._geometry import quat_xyzw_to_axis_angle, rotate_180
+from vla_accel.envs._geometry import quat_xyzw_to_axis_angle
 from vla_accel.envs.libero_adapter import (
     INSTALL_HINT,
     MAX_STEPS,
@@ -30,98 +28,8 @@ from vla_accel.envs.libero_adapter import (
     list_tasks,
 )
 
+
 IMAGE_SIZE = 32
-
-
-class FakeTask(NamedTuple):
-    name: str
-    language: str
-    problem_folder: str
-    bddl_file: str
-
-
-class FakeSuite:
-    """Two tasks, 50 init states each: state vector = [task, index, x0, y0] (x0, y0 = start eef xy)."""
-
-    def __init__(self, name):
-        self.name = name
-        self.tasks = [
-            FakeTask(f"{name}_task_{i}", f"pick up the block {i} and place it on the plate", name, f"t{i}.bddl")
-            for i in range(2)
-        ]
-
-    def get_num_tasks(self):
-        return len(self.tasks)
-
-    def get_task(self, i):
-        return self.tasks[i]
-
-    def get_task_init_states(self, i):
-        idx = np.arange(50, dtype=np.float64)
-        return np.stack([np.full(50, i), idx, 0.001 * idx, -0.001 * idx], axis=1)  # (50, 4)
-
-
-class FakeOffScreenRenderEnv:
-    """Panda-like: eef moves 1 cm per unit action; success once eef x > 0.05. Frames are upside down."""
-
-    instances: list = []
-
-    def __init__(self, bddl_file_name, camera_heights, camera_widths, **kwargs):
-        self.kwargs = dict(bddl_file_name=bddl_file_name, camera_heights=camera_heights,
-                           camera_widths=camera_widths, **kwargs)  # fmt: skip
-        self.actions, self.seeds, self.closed = [], [], False
-        self.pos, self.grip, self.state_id = np.zeros(3), 0.04, None
-        FakeOffScreenRenderEnv.instances.append(self)
-
-    def seed(self, seed):
-        self.seeds.append(seed)
-
-    def reset(self):
-        self.pos[:] = 0.0
-        return self._obs()
-
-    def set_init_state(self, state):
-        self.state_id = int(state[1])
-        self.pos[:] = [state[2], state[3], 0.9]
-        self.actions.clear()
-        return self._obs()
-
-    def step(self, action):
-        action = np.asarray(action, dtype=np.float64)
-        assert action.shape == (7,)
-        self.actions.append(action.copy())
-        self.pos += 0.01 * action[:3]
-        self.grip = 0.04 if action[6] < 0 else 0.0  # -1 open, +1 close (LIBERO)
-        return self._obs(), 0.0, self.check_success(), {}
-
-    def check_success(self):
-        return bool(self.pos[0] > 0.05)
-
-    def close(self):
-        self.closed = True
-
-    def _obs(self):
-        h, w = self.kwargs["camera_heights"], self.kwargs["camera_widths"]
-        upright = np.zeros((h, w, 3), np.uint8)
-        upright[: h // 4, : w // 4] = 255  # a white marker in the TOP-LEFT corner of the true picture
-        upright[..., 1] = self.state_id or 0  # the init state shows in the green channel
-        raw = rotate_180(upright)  # how robosuite hands it over (per OpenVLA's convention)
-        return {
-            "agentview_image": raw,
-            "robot0_eye_in_hand_image": raw.copy(),
-            "robot0_eef_pos": self.pos.copy(),
-            "robot0_eef_quat": np.array([1.0, 0.0, 0.0, 0.0]),  # x, y, z, w: half a turn about x
-            "robot0_gripper_qpos": np.array([self.grip, -self.grip]),
-        }
-
-
-def fake_libero():
-    suites = {name: (lambda name=name: FakeSuite(name)) for name in MAX_STEPS}
-    return SimpleNamespace(
-        benchmark=SimpleNamespace(get_benchmark_dict=lambda: suites),
-        get_libero_path=lambda kind: f"/fake/{kind}",
-        OffScreenRenderEnv=FakeOffScreenRenderEnv,
-    )
 
 
 @pytest.fixture
@@ -294,3 +202,28 @@ def test_env_configs_match_the_tabletop_keys(suite):
     assert cfg.suite == suite and cfg.task_ids is None
     e = LiberoEnv(cfg.suite, 0, libero=fake_libero(), **env_kwargs(cfg))
     assert e._env.kwargs["control_freq"] == 20 and e.max_steps == MAX_STEPS[suite]
+
+
+def test_the_same_init_state_is_the_same_scene_however_many_resets(env):
+    first, _ = env.reset(options={"init_state_id": 3})
+    env.reset(options={"init_state_id": 7})
+    again, _ = env.reset(options={"init_state_id": 3})
+    np.testing.assert_array_equal(first["agentview_image"], again["agentview_image"])
+
+
+def test_one_simulator_per_task_as_openvla_when_asked():
+    e = LiberoEnv("libero_spatial", 1, image_size=IMAGE_SIZE, fresh_sim_per_episode=False, libero=fake_libero())
+    sim = e._env
+    first, _ = e.reset(options={"init_state_id": 3})
+    again, _ = e.reset(options={"init_state_id": 3})
+    assert e._env is sim  # the simulator LIBERO's own eval keeps for a task's 50 episodes
+    assert not np.array_equal(first["agentview_image"], again["agentview_image"])  # the drift it has
+    e.close()
+
+
+def test_the_episode_numpy_seed_survives_the_reset(env):
+    np.random.seed(123)
+    expected = np.random.rand()
+    np.random.seed(123)
+    env.reset(options={"init_state_id": 0})  # LIBERO's seed() would have run np.random.seed(0)
+    assert np.random.rand() == expected

@@ -59,6 +59,42 @@ def test_nested_calls_count_once_and_a_disabled_timer_only_counts():
     assert off.n_calls == 1 and off.last == {}
 
 
+def test_module_level_stage_times_into_the_active_call_and_nests():
+    from vla_accel.measure import timing
+
+    timer, clock = StageTimer(), FakeClock()
+    timer._clock = clock
+    assert timing.stage("select") is timing._NULL  # no call running: a shared no-op
+    with timer.call():
+        with timer.stage("prefill"):
+            clock.t += 0.004
+            with timing.stage("select"):  # code without a reference to the timer (the runner)
+                clock.t += 0.001
+        with timer.stage("decode"):
+            with timing.stage("select"):
+                clock.t += 0.002
+    assert timer.last == pytest.approx({"prefill": 5.0, "select": 3.0, "decode": 2.0, "total": 7.0})
+    assert timing.stage("select") is timing._NULL  # the call ended: inactive again
+    off = StageTimer(enabled=False)
+    with off.call():
+        assert timing.stage("select") is timing._NULL
+    assert off.last == {}
+
+
+def test_timing_table_shows_select_and_says_it_is_part_of_prefill():
+    from rich.console import Console
+
+    calls = [{"ms": {"vision": 1.0, "prefill": 5.0, "select": 2.0, "decode": 3.0, "total": 9.5},
+              "latency_ms": 9.5} for _ in range(3)]
+    block = timing_block([{"calls": calls, "n_steps": 3, "loop_s": 0.1}], control_hz=20,
+                         latency_model="measured", latency_param=None, realtime=False)
+    assert list(block["latency_ms"]) == ["vision", "prefill", "select", "decode", "total"]
+    console = Console(width=200, record=True)
+    console.print(timing_table(block))
+    text = " ".join(console.export_text().split())  # the caption wraps
+    assert "│ select │ 2.00 │" in text and "select is part of prefill / decode, not added to them" in text
+
+
 def test_percentiles_and_summaries():
     s = summarize(range(1, 101))  # 1..100
     assert s == pytest.approx({"p50": 50.5, "p90": 90.1, "p99": 99.01, "mean": 50.5})
@@ -181,7 +217,7 @@ def test_timing_block_without_calls_is_empty_not_an_error():
 
 
 def test_vla_policies_time_their_stages_and_count_tokens_and_flops():
-    from fixtures.tiny_policies import tiny_cogact, tiny_openvla
+    from fixtures.tiny_models import tiny_cogact, tiny_openvla
 
     from vla_accel.accel.accelerate import accelerate
     from vla_accel.accel.flops import LLMShape, accelerated_prefill_flops
@@ -191,8 +227,9 @@ def test_vla_policies_time_their_stages_and_count_tokens_and_flops():
     rec = run_episode(env, vla, init_state_id=3, seed=0, max_steps=2, timing=RolloutTiming(warmup_calls=0))
     assert len(rec.calls) == 2
     call = rec.calls[-1]
-    assert set(call["ms"]) == {"vision", "prefill", "decode", "total"}
+    assert set(call["ms"]) == {"vision", "prefill", "select", "decode", "total"}
     assert sum(call["ms"][s] for s in ("vision", "prefill", "decode")) <= call["ms"]["total"]
+    assert 0 < call["ms"]["select"] <= call["ms"]["prefill"]  # FastV's probe + top-k, inside prefill
     assert call["tokens_kept"] == 4 and call["tokens_of"] == 16
     ref = accelerated_prefill_flops(LLMShape.from_config(vla.language_model.config), vla.accel_config,
                                     vla.runner.stats.num_tokens, 16)

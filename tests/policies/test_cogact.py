@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from fixtures.vla_helpers import random_obs, tiny_model_dict
+from fixtures.tiny_models import tiny_model_dict
+from fixtures.vla_helpers import random_obs
 
 from vla_accel.policies.cogact.configuration_cogact import CogACTConfig
 from vla_accel.policies.cogact.ddim import DDIM

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-from fixtures.vla_helpers import policy_yaml, random_obs, tiny_model_dict
+from fixtures.tiny_models import policy_yaml, tiny_model_dict
+from fixtures.vla_helpers import random_obs
 
 from vla_accel.policies import make_policy
 from vla_accel.policies.cogact.configuration_cogact import CogACTConfig

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from fixtures.vla_helpers import INSTRUCTIONS, random_obs, tiny_model_dict
+from fixtures.tiny_models import tiny_model_dict
+from fixtures.vla_helpers import INSTRUCTIONS, random_obs
 
 from vla_accel.policies.common.action_tokenizer import compute_norm_stats
 from vla_accel.policies.llm_runner import HFRunner
@@ -169,3 +170,14 @@ def test_config_validation_names_the_problem():
         OpenVLAConfig.from_dict({"vision": [{"image_size": 30, "patch_size": 8}]})
     with pytest.raises(ValueError, match="unknown OpenVLAConfig fields"):
         OpenVLAConfig.from_dict({"visoin": []})
+
+
+def test_a_bf16_cast_keeps_float32_rotary_frequencies():
+    from vla_accel.policies.openvla.configuration_openvla import OpenVLAConfig
+
+    policy = OpenVLAPolicy.from_config(OpenVLAConfig.from_dict(tiny_model_dict("openvla_tiny")))
+    ref = policy.language_model.model.rotary_emb.inv_freq.clone()
+    policy.to(dtype=torch.bfloat16)
+    assert policy.dtype == torch.bfloat16
+    rope = policy.language_model.model.rotary_emb
+    assert rope.inv_freq.dtype == torch.float32 and torch.equal(rope.inv_freq, ref)

@@ -184,3 +184,117 @@ def test_unsupported_vision_model_is_named(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="unsupported timm vision model.*supported"):
         OpenVLAPolicy.from_pretrained(tmp_path)
+
+
+def _drop_special_tokens(path, *names):
+    cfg_file = path / "tokenizer_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    for name in names:
+        cfg.pop(f"{name}_token", None)
+    cfg_file.write_text(json.dumps(cfg))
+
+
+def test_bf16_load_keeps_float32_rotary_frequencies(tmp_path):
+    write_openvla_checkpoint(tmp_path, fused=False, sharded=False)
+    ref = OpenVLAPolicy.from_pretrained(tmp_path, dtype=torch.float32)
+    bf16 = OpenVLAPolicy.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert bf16.dtype == torch.bfloat16
+    rope, rope_ref = bf16.language_model.model.rotary_emb, ref.language_model.model.rotary_emb
+    assert rope.inv_freq.dtype == torch.float32 and torch.equal(rope.inv_freq, rope_ref.inv_freq)
+    x = torch.zeros(1, 1, 4, dtype=torch.bfloat16)
+    pos = torch.arange(200)[None]
+    cos, _ = rope(x, pos)
+    cos_ref, _ = rope_ref(x.float(), pos)
+    assert (cos.float() - cos_ref).abs().max() < 1e-2  # only the final bf16 rounding
+    obs = {"agentview_image": np.random.default_rng(1).integers(0, 255, (IMAGE, IMAGE, 3), dtype=np.uint8),
+           "instruction": INSTRUCTIONS[0]}
+    with torch.no_grad():
+        logits = [p.prefill(p.process(p.parse(obs)), [p.config.prompt_suffix_ids]).logits.float()
+                  for p in (ref, bf16)]
+    torch.testing.assert_close(logits[1], logits[0], atol=0.1, rtol=0.05)  # bf16 tolerance
+
+
+def test_a_tokenizer_without_pad_or_bos_takes_the_configs_ids(tmp_path):
+    _, config = write_openvla_checkpoint(tmp_path, fused=False, sharded=False)
+    _drop_special_tokens(tmp_path, "pad", "bos")
+    policy = OpenVLAPolicy.from_pretrained(tmp_path, dtype=torch.float32)
+    assert policy.tokenizer.pad_token_id == config["pad_token_id"]
+    assert policy.tokenizer.bos_token_id == config["text_config"]["bos_token_id"]
+    action = policy.predict_action(np.zeros((IMAGE, IMAGE, 3), np.uint8), "open the drawer", unnorm_key="bridge_orig")
+    assert np.isfinite(action).all()
+
+
+def test_a_tokenizer_without_pad_and_no_id_fails_at_load(tmp_path):
+    write_openvla_checkpoint(tmp_path, fused=False, sharded=False)
+    _drop_special_tokens(tmp_path, "pad")
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.pop("pad_token_id")
+    cfg["text_config"].pop("pad_token_id", None)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="no pad token"):
+        OpenVLAPolicy.from_pretrained(tmp_path)
+
+
+def test_dataset_statistics_json_is_read_and_libero_keys_match_without_no_noops(tmp_path):
+    _, config = write_openvla_checkpoint(tmp_path, fused=False, sharded=False)
+    stats = {"libero_goal_no_noops": config["norm_stats"]["bridge_orig"]}
+    (tmp_path / "dataset_statistics.json").write_text(json.dumps(stats))
+    policy = OpenVLAPolicy.from_pretrained(tmp_path, dtype=torch.float32)
+    assert "libero_goal_no_noops" in policy.config.norm_stats
+    image = np.zeros((IMAGE, IMAGE, 3), np.uint8)
+    a = policy.predict_action(image, "open the drawer", unnorm_key="libero_goal")
+    b = policy.predict_action(image, "open the drawer", unnorm_key="libero_goal_no_noops")
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_released_checkpoints_gripper_reaches_libero_in_robosuites_sign(tmp_path):
+    """OpenVLA's LIBERO fine-tunes say 1 = open in [0, 1]; robosuite takes -1 = open, +1 = close. The
+    env-facing calls map the gripper as OpenVLA's run_libero_eval does (binarise, invert)."""
+    from fixtures.fake_libero import fake_libero
+
+    from vla_accel.envs.libero_adapter import LiberoEnv
+
+    write_openvla_checkpoint(tmp_path, fused=False, sharded=False)
+    policy = OpenVLAPolicy.from_pretrained(tmp_path, dtype=torch.float32)
+    policy.unnorm_key = "libero_spatial"  # resolves to libero_spatial_no_noops
+    env = LiberoEnv("libero_spatial", 1, image_size=IMAGE, libero=fake_libero())
+    try:
+        obs, _ = env.reset(options={"init_state_id": 0})
+        obs = {**obs, "instruction": env.instruction}
+        raw = policy.predict_action(obs["agentview_image"], env.instruction)  # OpenVLA's own call: raw
+        n_before = len(env._env.actions)
+        env.step(policy.select_action(obs))
+        sent = env._env.actions[n_before]
+    finally:
+        env.close()
+    assert sent[6] == -np.sign(2 * raw[6] - 1) and sent[6] in (-1.0, 1.0)  # open (raw > 0.5) -> -1
+    assert policy.config.gripper == "open_is_1"
+    np.testing.assert_allclose(sent[:6], raw[:6], rtol=1e-6)
+
+
+def test_gripper_conventions_map_open_to_minus_one():
+    from vla_accel.policies.openvla.configuration_openvla import env_gripper
+
+    raw = np.array([[0.1, 0.2, 0.3, 0, 0, 0, g] for g in (1.0, 0.7, 0.3, 0.0)], np.float32)
+    np.testing.assert_array_equal(env_gripper(raw, "open_is_1")[:, 6], [-1, -1, 1, 1])
+    np.testing.assert_array_equal(env_gripper(raw, "open_is_1")[:, :6], raw[:, :6])
+    assert env_gripper(raw, "signed") is raw
+
+
+def test_openvla_preprocessing_bicubic_resize_and_centre_crop_on_request(tmp_path):
+    """OpenVLA resizes bicubic (its preprocessor config) and, for checkpoints fine-tuned with random crops,
+    evaluates on the 0.9-area centre crop; neither is in config.json, so the crop is the caller's to say."""
+    from vla_accel.policies import make_policy
+
+    write_openvla_checkpoint(tmp_path, fused=False, sharded=False)
+    plain = OpenVLAPolicy.from_pretrained(tmp_path, dtype=torch.float32)
+    assert plain.processor.image_processor.interpolation == "bicubic"
+    assert plain.processor.image_processor.crop_scale == 1.0
+    cropped = make_policy({"type": "openvla", "path": str(tmp_path), "dtype": "float32", "center_crop": True}, None)
+    assert cropped.processor.image_processor.crop_scale == 0.9
+    image = np.random.default_rng(0).integers(0, 255, (1, 40, 40, 3), dtype=np.uint8)
+    x = plain.processor.image_processor.to_float(image)
+    ref = torch.nn.functional.interpolate(x, size=(IMAGE, IMAGE), mode="bicubic", align_corners=False,
+                                          antialias=True)
+    torch.testing.assert_close(plain.processor.image_processor(image)[:, :3],
+                               plain.processor.image_processor.normalize(ref)[:, :3])

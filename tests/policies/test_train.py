@@ -13,7 +13,8 @@ from fixtures.vla_helpers import write_demos
 
 from vla_accel.cli import main as cli_main
 from vla_accel.policies.data import DemoDataset, augment
-from vla_accel.policies.train import build_inputs, compute_loss, policy_class, run_train
+from vla_accel.policies.common.factory import policy_class
+from vla_accel.policies.train import build_inputs, compute_loss, run_train
 
 
 @pytest.fixture(scope="module")

@@ -86,7 +86,7 @@ def test_bad_latency_is_rejected():
 
 
 def test_set_keep_ratio_changes_the_tokens_an_accelerated_policy_keeps():
-    from fixtures.tiny_policies import obs, tiny_openvla
+    from fixtures.tiny_models import obs, tiny_openvla
 
     from vla_accel.accel.accelerate import accelerate
 

@@ -196,7 +196,7 @@ def test_budget_controller_in_the_loop_settles_on_the_largest_keep_that_meets_th
 
 def test_real_time_loop_drives_a_simulated_suite_with_an_accelerated_policy():
     import torch
-    from fixtures.tiny_policies import tiny_cogact
+    from fixtures.tiny_models import tiny_cogact
 
     import vla_accel.envs as envs
     from vla_accel.accel.accelerate import accelerate

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from fixtures.tiny_policies import obs, tiny_cogact, tiny_openvla
+from fixtures.tiny_models import obs, tiny_cogact, tiny_openvla
 
 from vla_accel.accel.accelerate import accelerate
 from vla_accel.accel.head_cache import head_cache

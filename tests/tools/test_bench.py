@@ -24,7 +24,10 @@ def test_bench_writes_a_table_with_the_expected_rows(fake_envs, tmp_path):
     assert all(r["n_calls"] == 1 for r in report["results"])
     base = by["none"]
     assert base["speedup"] == 1.0 == base["paired_speedup"] and base["flops_ratio"] == 1.0 and base["tokens_kept"] == {"mean": 16, "of": 16}
-    assert set(base["latency_ms"]) == {"vision", "prefill", "decode", "total"}
+    assert set(base["latency_ms"]) == {"vision", "prefill", "decode", "total"}  # no pruning: no select
+    select = by["vla_pruner@0.25"]["latency_ms"]["select"]["p50"]
+    assert 0 < select <= by["vla_pruner@0.25"]["latency_ms"]["prefill"]["p50"] + \
+        by["vla_pruner@0.25"]["latency_ms"]["decode"]["p50"]
     # after 3 warm-up rounds VLA-Pruner prunes: 16 * 0.25 = 4 visual tokens kept, fewer FLOPs
     assert by["vla_pruner@0.25"]["tokens_kept"]["mean"] == 4 and by["fastv@0.25"]["tokens_kept"]["mean"] == 4
     assert by["fastv@0.25"]["flops_ratio"] < 1.0 and by["vla_cache"]["tokens_kept"]["of"] == 16
@@ -40,6 +43,8 @@ def test_bench_writes_a_table_with_the_expected_rows(fake_envs, tmp_path):
     md = (tmp_path / "bench.md").read_text()
     assert md.count("\n| ") == 1 + len(names)  # header + one row per config
     assert "| fastv@0.25 | 4/16 |" in md and "date:" in md and "command:" in md
+    assert "| prefill | select | decode |" in md and "part of prefill and decode" in md
+    assert "| none | 16/16 |" in md and md.split("| none | 16/16 | ")[1].split(" | ")[2] == "-"  # no select
 
 
 def test_bench_of_a_cogact_policy_times_the_action_head(fake_envs, tmp_path):
@@ -55,7 +60,7 @@ def test_bench_of_a_cogact_policy_times_the_action_head(fake_envs, tmp_path):
 
 
 def test_bench_prune_layer_sets_k_for_every_pruning_method(fake_envs, tmp_path):
-    """The presets' K=3 does not fit a 2-layer Llama; bench.prune_layer=1 does."""
+    """The presets' K=2 (fastv, vla_pruner) does not fit a 2-layer Llama; bench.prune_layer=1 does."""
     from vla_accel.tools.bench import bench_configs
 
     cfg = _bench_cfg("bench.methods=[vla_pruner,fastv]", "bench.keep_ratios=[0.5]", "bench.prune_layer=1")

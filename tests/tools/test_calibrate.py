@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from fixtures.tiny_policies import model_dict
+from fixtures.tiny_models import model_dict
 
 from vla_accel.cli import main
 from vla_accel.data.hdf5_io import DemoWriter
@@ -92,12 +92,13 @@ def test_the_ranking_fed_back_skips_exactly_that_layer(calibrated, checkpoint):
     from omegaconf import OmegaConf
     from vla_accel.policies import make_policy
 
-    from vla_accel.accel.config import AccelConfig
     from vla_accel.accel.accelerate import accelerate
+    from vla_accel.accel.config import AccelConfig
+    from vla_accel.accel.preset_config import load_preset
 
     path, _, _, _ = calibrated
     # the same flat accel group that `vla-accel eval accel.skip_ranking_file=... accel.skip_num_drop=1` composes
-    accel = OmegaConf.merge(OmegaConf.load(conf_file("accel/none.yaml")),
+    accel = OmegaConf.merge(load_preset("none"),  # the preset as composed (the accel schema's defaults)
                             OmegaConf.from_dotlist([f"skip_ranking_file={path}", "skip_num_drop=1"]))  # fmt: skip
     cfg = OmegaConf.merge(OmegaConf.load(conf_file("policy/openvla_tiny.yaml")), {"path": str(checkpoint)})
     plain, fast = make_policy(cfg, None), make_policy(cfg, None)

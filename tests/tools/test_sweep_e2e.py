@@ -16,7 +16,7 @@ pytestmark = needs_real_tabletop
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    from fixtures.tiny_policies import tiny_openvla
+    from fixtures.tiny_models import tiny_openvla
 
     path = tmp_path_factory.mktemp("ckpt") / "openvla_tiny"
     tiny_openvla(num_layers=4).save_pretrained(path)

@@ -8,7 +8,8 @@ It sets only the hooks the policy declares (policies/capabilities.py): the LLM r
 layer skipping, and VLA-Cache's token reuse, which gets each frame's pixels from the policy's image
 encoder through the runner -- and, for a policy with a DiT action head, the DiT's feature-cache hook gets
 EfficientVLA's head cache. The config is bound to the policy's language model here, so a bad pruning
-layer or skip list fails now, not at the first control step. ``policy.reset()``, ``select_action``,
+layer or skip list fails now, not at the first control step; so does a ``keep_tokens`` larger than the
+policy's visual-token count (``policy.config.num_visual_tokens``). ``policy.reset()``, ``select_action``,
 ``predict_action_chunk``, ``predict_action`` and ``infer`` work as before; ``policy.fork_episode()`` gives
 a second episode on the same weights. The policy already calls the runner's ``reset()`` and
 ``end_step()``, which is where the accelerator's per-episode state lives. ``accelerate(policy, "none")``
@@ -46,6 +47,9 @@ def accelerate(policy: Any, config: AccelConfig | Mapping[str, Any] | str | None
     require_runner(policy, "accelerate()")
     runner = AcceleratedRunner(cfg)
     runner.plan(policy.language_model)  # validate against the model's layer count now
+    num_visual = getattr(getattr(policy, "config", None), "num_visual_tokens", None)
+    if cfg.pruning is not None and num_visual is not None:
+        cfg.pruning.budget(int(num_visual))  # keep_tokens > M fails now, not at the first prefill
     if cfg.head_cache is not None:
         require_dit_head(policy, "the diffusion-head cache", fix="set head_cache_interval to 1")
     # every check passed: now change the policy

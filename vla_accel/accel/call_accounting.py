@@ -22,11 +22,8 @@ from __future__ import annotations
 
 import math
 
-from vla_accel.accel.flops import LLMShape, decode_flops, projector_flops, vit_flops
-
-
-def _layer_flops(n_q: int, n_k: int, d: int, m: int) -> int:
-    return 4 * n_q * d * d + 2 * n_q * n_k * d + 3 * n_q * d * m
+from vla_accel.accel.flops import LLMShape, decode_flops, layer_flops, projector_flops, vit_flops
+from vla_accel.policies.capabilities import has_dit_head
 
 
 def vision_flops(config) -> int:
@@ -84,9 +81,9 @@ def call_accounting(policy) -> dict:
     prefill = 0
     for i in executed:
         n = n_after if pruned and prune_layer is not None and i >= prune_layer else T
-        prefill += _layer_flops(n - reused, n, d, m)
+        prefill += layer_flops(n - reused, d, m, n_keys=n)
     flops = {"vision": vision_flops(config), "prefill": prefill}
-    if hasattr(policy, "action_model"):  # CogACT-style: the cognition token, then the DiT head
+    if has_dit_head(policy):  # CogACT-style: the cognition token, then the DiT head
         head = getattr(accel, "head_cache", None)
         flops["action_head"] = dit_flops(config, head.interval if head is not None else 1)
     else:  # OpenVLA-style: action_dim tokens, the first from the prefill

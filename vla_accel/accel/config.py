@@ -19,16 +19,33 @@ from typing import Any
 
 from vla_accel.accel.pruning import method_class
 from vla_accel.accel.token_reuse import TokenReuseConfig
+from vla_accel.registry import unknown_name
 
 
 @dataclass(frozen=True)
 class TokenPruningConfig:
-    """method + budget (``keep_ratio`` of the M visual tokens, or absolute ``keep_tokens``) + layer K."""
+    """method + budget (``keep_ratio`` of the M visual tokens, or absolute ``keep_tokens``) + layer K.
+
+    The pruning-layer convention (the one place it is defined; flops.py, the presets' ``prune_layer``
+    and the methods' ``default_layer`` refer here): ``layer`` = K = the NUMBER OF LLM LAYERS THAT SEE
+    EVERY TOKEN. 0-indexed, layers 0..K-1 run on the full prompt, layers K.. on the kept tokens only,
+    and the attention that ranks the tokens is read at layer K-1 (the last full one). K = 0 prunes
+    before the LLM. The papers count differently; each preset converts its paper's number:
+
+    - FastV "prunes after layer K" (1-indexed, layers 1..K full): K_FastV = 2 -> ``layer = 2``.
+    - VLA-Pruner prunes "at layer K = 3" with K-1 full layers (its FLOPs ratio
+      r = [(K-1) C(n) + (T-K+1) C(n~)] / (T C(n))): K_paper = 3 -> ``layer = K_paper - 1 = 2``.
+    - DivPrune and the controls prune before the LLM: ``layer = 0``.
+    - text_guided and efficientvla_tokens: ../shared/methods.md gives no layer; they keep ``layer = 3``.
+
+    A budget larger than the policy's M is refused by ``accelerate()`` (it knows M); :meth:`budget`
+    refuses it again for any other caller.
+    """
 
     method: str
     keep_ratio: float | None = None
     keep_tokens: int | None = None
-    layer: int | None = None  # pruning layer K (0-indexed first pruned layer); None -> the method's default
+    layer: int | None = None  # K = number of layers that see every token (see above); None -> method default
     params: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -181,9 +198,6 @@ class AccelConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def bind(self, num_layers: int) -> LayerPlan:
-        return resolve_plan(self, num_layers)
-
 
 @dataclass(frozen=True)
 class LayerPlan:
@@ -247,33 +261,35 @@ def _pruning_layers(pruning: TokenPruningConfig, num_layers: int, skipped, execu
             f"token pruning: the scores are read at layer K-1={score_layer}, which is skipped; "
             "choose another K or keep that layer"
         )
-    action_layer = None
-    if cls.needs_action_attention:
-        action_layer = pruning.params.get("action_layer")
-        if action_layer is None:
-            action_layer = _middle_layer(num_layers)
-        if action_layer >= num_layers:
-            raise ValueError(f"token pruning: action_layer={action_layer} is beyond the model's {num_layers} layers")
-        if action_layer in skipped:
-            raise ValueError(f"token pruning: action_layer={action_layer} is skipped; choose a kept layer")
+    action_layer = _action_layer(pruning, k, num_layers, skipped, executed) if cls.needs_action_attention else None
     return k, score_layer, action_layer
+
+
+def _action_layer(pruning: TokenPruningConfig, k: int, num_layers: int, skipped, executed) -> int:
+    """The layer read for the action score. Default: max(K, num_layers // 2 - 1) -- layer 15 of 32 as in
+    VLA-Pruner's code, but never before K, so that it sees only the kept tokens in any depth (in a
+    6-layer model 6 // 2 - 1 = 2 < K would score tokens pruned at that step) -- clipped to the last
+    executed layer. An explicit layer before K is accepted: the runner zeroes the pruned tokens' scores
+    before they enter the history (the paper's rule), which makes such a layer valid, only not faster."""
+    action_layer = pruning.params.get("action_layer")
+    if action_layer is None:
+        action_layer = min(max(k, _middle_layer(num_layers)), executed[-1])
+    if action_layer >= num_layers:
+        raise ValueError(f"token pruning: action_layer={action_layer} is beyond the model's {num_layers} layers")
+    if action_layer in skipped:
+        raise ValueError(f"token pruning: action_layer={action_layer} is skipped; choose a kept layer")
+    return action_layer
 
 
 def load_accel_config(name: str, **overrides: Any) -> AccelConfig:
     """The packaged preset ``conf/accel/<name>.yaml`` with flat overrides, e.g.
     ``load_accel_config("vla_pruner", keep_ratio=0.25)``. Unknown presets list the valid ones."""
-    import difflib
-    from importlib.resources import files
+    from vla_accel.accel.preset_config import load_preset, preset_names
 
-    presets = sorted(p.name[: -len(".yaml")] for p in (files("vla_accel.conf") / "accel").iterdir()
-                     if p.name.endswith(".yaml"))  # fmt: skip
+    presets = preset_names()
     if name not in presets:
-        close = difflib.get_close_matches(name, presets, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown accel preset {name!r}.{hint} Valid: {presets}")
-    from omegaconf import OmegaConf
-
-    d = OmegaConf.to_container(OmegaConf.load(str(files("vla_accel.conf") / "accel" / f"{name}.yaml")))
+        raise unknown_name(name, presets, "accel preset")
+    d = load_preset(name)  # the preset as Hydra composes it (its schema's defaults + the file)
     if "keep_tokens" in overrides and "keep_ratio" not in overrides:
         d["keep_ratio"] = None  # an absolute budget replaces the preset's ratio
     d.update(overrides)

@@ -8,6 +8,10 @@ Per transformer layer on n tokens, hidden size d, MLP width m (VLA-Pruner's / Fa
 projections of the SwiGLU MLP.) Like the papers, one multiply-accumulate counts as one FLOP here and
 norms, softmax, RoPE and the LM head are left out. Decoding one token against a cache of c entries:
 4 d^2 + 2 (c + 1) d + 3 d m.
+
+The pruning layer K (``prune_layer``) follows the one convention of
+``vla_accel.accel.config.TokenPruningConfig``: K = the number of layers that see every token (layers
+0..K-1 cost C(n), layers K.. cost C(n~)); :func:`pruning_flops_ratio` converts from VLA-Pruner's K.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 LAYER_FORMULA = "C(n) = 4*n*d^2 + 2*n^2*d + 3*n*d*m"
-DECODE_FORMULA = "C_dec(c) = 4*d^2 + 2*(c+1)*d + 3*d*m  (one new token, cache length c)"
 
 
-def layer_flops(n: int, d: int, m: int) -> int:
-    """C(n) = 4*n*d^2 + 2*n^2*d + 3*n*d*m for one layer on n tokens."""
-    return 4 * n * d * d + 2 * n * n * d + 3 * n * d * m
+def layer_flops(n: int, d: int, m: int, n_keys: int | None = None) -> int:
+    """C(n) = 4*n*d^2 + 2*n^2*d + 3*n*d*m for one layer on n tokens; with ``n_keys`` (n queries over more
+    keys, as under VLA-Cache's reuse) the attention term is 2*n*n_keys*d."""
+    n_k = n if n_keys is None else n_keys
+    return 4 * n * d * d + 2 * n * n_k * d + 3 * n * d * m
 
 
 def decode_layer_flops(cache_len: int, d: int, m: int) -> int:
@@ -51,8 +56,8 @@ def _layers_run(shape: LLMShape, skip_layers: Iterable[int]) -> list[int]:
 def prefill_flops(
     shape: LLMShape, n: int, n_kept: int | None = None, prune_layer: int | None = None, skip_layers: Iterable[int] = ()
 ) -> int:
-    """sum over the executed layers l of C(n_l): n_l = n for l < K, n_kept for l >= K (0-indexed K = first
-    pruned layer, as in ``TokenPruningConfig.layer``); skipped layers cost nothing."""
+    """sum over the executed layers l of C(n_l): n_l = n for l < K, n_kept for l >= K (K = the layers that
+    see every token, ``TokenPruningConfig``); skipped layers cost nothing."""
     if (n_kept is None) != (prune_layer is None):
         raise ValueError("give both n_kept and prune_layer, or neither")
     total = 0
@@ -92,8 +97,9 @@ def pruning_flops_ratio(num_layers: int, k_paper: int, n: int, n_kept: int, d: i
     """VLA-Pruner's r = [(K-1) C(n) + (T-K+1) C(n~)] / (T C(n)) for T layers.
 
     The paper counts layers from 1 and its K is the first pruned layer, so K-1 layers run in full; our
-    0-indexed ``prune_layer`` equals K_paper - 1 (prune_layer=3 <-> K_paper=4, three full layers), and
-    ``prefill_flops`` with the same plan gives the same ratio.
+    ``prune_layer`` (the number of layers that see every token: ``TokenPruningConfig``) equals
+    K_paper - 1 -- the vla_pruner preset's prune_layer=2 is the paper's K=3 -- and ``prefill_flops``
+    with the same plan gives the same ratio.
     """
     if not 1 <= k_paper <= num_layers:
         raise ValueError(f"k_paper must be in 1..{num_layers}, got {k_paper}")

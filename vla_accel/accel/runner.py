@@ -16,8 +16,12 @@ decode_one_token
 action attention
     for methods that need it (VLA-Pruner), the attention the action queries pay the visual tokens at
     ``action_layer``: the last prefill query (OpenVLA's first action token / CogACT's cognition token)
-    and every decoded query of the step; their mean, as a (B, M) map with pruned tokens at 0, is handed
-    to the method at ``end_step()``.
+    and every decoded query of the step; their mean, as a (B, M) map with the tokens not kept at this
+    step set to 0 (an action layer before K still sees them), is handed to the method at ``end_step()``.
+timing
+    the pruning method's own work -- the score-layer probe, the action-attention capture, ``select`` and
+    the history update -- is timed as stage "select" through ``vla_accel.measure.timing.stage`` (the
+    policy's timer, active during its call); it lies inside the policy's "prefill" / "decode" stages.
 token reuse (VLA-Cache)
     the static, task-irrelevant visual tokens are not run at all: only the other tokens are queries, and
     every layer's keys/values for the reused ones are copied from the previous step (``ReuseCache``).
@@ -29,6 +33,7 @@ calls, same final norm and head), so its outputs equal HFRunner's bit for bit.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,10 +42,12 @@ from transformers import DynamicCache, LlamaForCausalLM
 from transformers.masking_utils import create_causal_mask
 
 from vla_accel.accel.config import AccelConfig, LayerPlan, resolve_plan
+from vla_accel.measure.timing import stage
 from vla_accel.policies.common.hf_compat import cache_kwarg
 from vla_accel.policies.common.prompt import positions_from_mask
 from vla_accel.policies.llm_runner import PrefillResult
 from vla_accel.accel.pruning import PruningMethod, SelectionContext, build_method
+from vla_accel.accel.checks import check_prompt, check_selection
 from vla_accel.accel.query_attention import query_attention
 from vla_accel.accel.token_reuse import ReuseCache, computed_token_index, pixel_patches, reusable_tokens
 
@@ -57,6 +64,7 @@ class LayerGroup:
     first_layer: int
     mask2d: Tensor
     token_index: Tensor
+    visual_slots: tuple[Tensor, Tensor] | None = None  # the action capture's (slot -> visual index, is-visual)
 
 
 @dataclass
@@ -93,6 +101,35 @@ class _ReuseState:
     visual_start: Tensor  # (B,)
 
 
+@dataclass
+class _Prefill:
+    """One prefill's working state, handed between the named steps of ``AcceleratedRunner.prefill``."""
+
+    llm: LlamaForCausalLM
+    plan: LayerPlan
+    attention_mask: Tensor  # (B, T) the prompt's, as given
+    visual_start: Tensor  # (B,)
+    num_visual: int  # M
+    text_mask: Tensor  # (B, T)
+    budget: int  # M~
+    prune: bool  # the method prunes at this step
+    capture: bool  # the method records the action queries' attention
+    x: Tensor  # (B, S, D) the current rows (S = T, or fewer after pruning / under reuse)
+    mask2d: Tensor  # (B, S) padding mask of the current rows
+    pos: Tensor  # (B, S) their RoPE positions (the original ones, pruned or not)
+    token_index: Tensor  # (B, S) their prompt indices
+    visual_idx: Tensor  # (B, M) the visual tokens' prompt indices
+    visual_embeds: Tensor  # (B, M, D) the visual tokens' input embeddings
+    kv: Any = None  # DynamicCache, or VLA-Cache's ReuseCache
+    computed: Tensor | None = None  # VLA-Cache: (B, Q) prompt indices computed this step
+    causal: Any = None  # the current group's attention mask
+    pos_emb: tuple[Tensor, Tensor] | None = None  # the current group's rotary (cos, sin)
+    groups: list[LayerGroup] = field(default_factory=list)
+    group_of_layer: dict[int, int] = field(default_factory=dict)
+    scores: Tensor | None = None  # (B, M) visual attention from the score layer
+    relevance: Tensor | None = None  # (B, M) VLA-Cache's text -> vision attention
+
+
 class AcceleratedRunner:
     """The drop-in replacement for HFRunner; ``AcceleratedRunner(AccelConfig())`` changes nothing."""
 
@@ -116,8 +153,11 @@ class AcceleratedRunner:
 
     def end_step(self) -> None:
         if self.method is not None and self.method.needs_action_attention and self._step_action_attention:
-            action = torch.stack(self._step_action_attention).mean(0)  # (B, M)
-            self.method.observe_step(action, action.shape[-1])
+            with stage("select"):
+                action = torch.stack(self._step_action_attention).mean(0)  # (B, M)
+                if self.stats.pruned:  # VLA-Pruner: a token pruned at this step has no action score (0)
+                    action = _zero_unkept(action, self.stats.kept_visual)
+                self.method.observe_step(action)
         self._step_action_attention = []
 
     def fork(self) -> "AcceleratedRunner":
@@ -159,92 +199,108 @@ class AcceleratedRunner:
         num_visual: int,  # M
         text_mask: Tensor,  # (B, T) bool, the instruction's text tokens
     ) -> PrefillResult:
-        plan = self.plan(llm)
+        check_prompt(inputs_embeds, attention_mask, visual_start, num_visual, text_mask)
+        st = self._start_prefill(llm, inputs_embeds, attention_mask, visual_start, num_visual, text_mask)
+        if st.prune and st.plan.prune_layer == 0:
+            self._apply_pruning(st)  # before the LLM (DivPrune, the controls)
+        self._open_group(st, st.plan.executed[0])
+        for i in st.plan.executed:
+            if st.prune and not self.stats.pruned and i >= st.plan.prune_layer:
+                self._apply_pruning(st)
+                self._open_group(st, i)
+            self._run_layer(st, i)
+        return self._finish_prefill(st)
+
+    def _start_prefill(self, llm, inputs_embeds, attention_mask, visual_start, num_visual, text_mask) -> _Prefill:
+        """A new control step: the step's stats, the budget, the rows, and the KV cache (VLA-Cache's when
+        it reuses tokens, else an empty one)."""
         B, T, D = inputs_embeds.shape
-        _check_prompt(inputs_embeds, attention_mask, visual_start, num_visual, text_mask)
         self._step_action_attention = []  # a prefill starts a new control step
         self.stats = StepStats(num_tokens=T, num_tokens_after_pruning=T)
         method = self.method
         budget = self.config.pruning.budget(num_visual) if method is not None else num_visual
-        prune = method is not None and budget < num_visual and method.wants_to_prune(B)
-        capture = method is not None and method.needs_action_attention and budget < num_visual
         device = inputs_embeds.device
-        layers, rotary = llm.model.layers, llm.model.rotary_emb
-
-        x, mask2d = inputs_embeds, attention_mask
-        pos = positions_from_mask(attention_mask)  # (B, T)
-        token_index = torch.arange(T, device=device).expand(B, T)  # prompt index of each row of x
         visual_idx = visual_start[:, None] + torch.arange(num_visual, device=device)  # (B, M)
-        visual_embeds = inputs_embeds.gather(1, visual_idx[..., None].expand(-1, -1, D))  # (B, M, D)
-        groups: list[LayerGroup] = []
-        group_of_layer: dict[int, int] = {}
-        scores: Tensor | None = None  # (B, M) visual attention from the score layer
-        relevance: Tensor | None = None  # (B, M) VLA-Cache's text -> vision attention
-
-        computed = self._reuse_plan(attention_mask, visual_start, num_visual, T) if self.config.reuse else None
-        if computed is not None:  # VLA-Cache: only the computed tokens run as queries
-            st = self._reuse_state
-            kv = ReuseCache(llm.config, st.keys, st.values, computed)
-            x = x.gather(1, computed[..., None].expand(-1, -1, D))  # (B, Q, D)
-            pos, token_index = pos.gather(1, computed), computed
-            self.stats.num_reused = T - computed.shape[1]
+        st = _Prefill(
+            llm=llm, plan=self.plan(llm), attention_mask=attention_mask, visual_start=visual_start,
+            num_visual=num_visual, text_mask=text_mask, budget=budget,
+            prune=method is not None and budget < num_visual and method.wants_to_prune(B),
+            capture=method is not None and method.needs_action_attention and budget < num_visual,
+            x=inputs_embeds, mask2d=attention_mask, pos=positions_from_mask(attention_mask),
+            token_index=torch.arange(T, device=device).expand(B, T), visual_idx=visual_idx,
+            visual_embeds=inputs_embeds.gather(1, visual_idx[..., None].expand(-1, -1, D)),  # (B, M, D)
+        )  # fmt: skip
+        st.computed = self._reuse_plan(attention_mask, visual_start, num_visual, T) if self.config.reuse else None
+        if st.computed is not None:  # VLA-Cache: only the computed tokens run as queries
+            reuse = self._reuse_state
+            st.kv = ReuseCache(llm.config, reuse.keys, reuse.values, st.computed)
+            st.x = st.x.gather(1, st.computed[..., None].expand(-1, -1, D))  # (B, Q, D)
+            st.pos, st.token_index = st.pos.gather(1, st.computed), st.computed
+            self.stats.num_reused = T - st.computed.shape[1]
         else:
-            kv = DynamicCache(config=llm.config)
+            st.kv = DynamicCache(config=llm.config)
+        return st
 
-        def open_group(first_layer: int) -> tuple[Tensor | None, tuple[Tensor, Tensor]]:
-            if computed is not None:  # reuse: the cache holds the whole prompt, the queries are computed rows
-                groups.append(LayerGroup(first_layer, mask2d, torch.arange(T, device=device).expand(B, T)))
-                keys_idx = torch.arange(T, device=device)
-                causal = (keys_idx[None, None, :] <= computed[..., None]) & mask2d.bool()[:, None, :]  # (B, Q, T)
-                return causal[:, None], rotary(x, pos)
-            groups.append(LayerGroup(first_layer, mask2d, token_index))
-            causal = create_causal_mask(
-                config=llm.config, inputs_embeds=x, attention_mask=mask2d, **cache_kwarg(create_causal_mask, kv),
-                position_ids=pos, layer_idx=first_layer,
-            )  # fmt: skip
-            return causal, rotary(x, pos)
+    def _open_group(self, st: _Prefill, first_layer: int) -> None:
+        """Start a run of layers over one token sequence: its causal mask and rotary embeddings."""
+        B, T = st.attention_mask.shape
+        device, rotary = st.x.device, st.llm.model.rotary_emb
+        if st.computed is not None:  # reuse: the cache holds the whole prompt, the queries are computed rows
+            st.groups.append(LayerGroup(first_layer, st.mask2d, torch.arange(T, device=device).expand(B, T)))
+            keys_idx = torch.arange(T, device=device)
+            causal = (keys_idx[None, None, :] <= st.computed[..., None]) & st.mask2d.bool()[:, None, :]  # (B, Q, T)
+            st.causal, st.pos_emb = causal[:, None], rotary(st.x, st.pos)
+            return
+        st.groups.append(LayerGroup(first_layer, st.mask2d, st.token_index))
+        st.causal = create_causal_mask(
+            config=st.llm.config, inputs_embeds=st.x, attention_mask=st.mask2d,
+            **cache_kwarg(create_causal_mask, st.kv), position_ids=st.pos, layer_idx=first_layer,
+        )  # fmt: skip
+        st.pos_emb = rotary(st.x, st.pos)
 
-        def apply_pruning() -> None:
-            nonlocal x, pos, mask2d, token_index
-            ctx = SelectionContext(visual_embeds=visual_embeds, visual_attention=scores, budget=budget)
-            kept = _check_selection(method.select(ctx), B, budget, num_visual)  # (B, M~)
-            keep_rows = _kept_token_index(T, visual_start, num_visual, kept)  # (B, T')
-            x = x.gather(1, keep_rows[..., None].expand(-1, -1, D))
-            pos, mask2d, token_index = pos.gather(1, keep_rows), mask2d.gather(1, keep_rows), keep_rows
-            self.stats.pruned, self.stats.kept_visual = True, kept
-            self.stats.num_tokens_after_pruning = keep_rows.shape[1]
+    def _apply_pruning(self, st: _Prefill) -> None:
+        """The method's selection: from here on the rows are the prompt's non-visual tokens + the kept ones."""
+        B, T = st.attention_mask.shape
+        ctx = SelectionContext(visual_embeds=st.visual_embeds, visual_attention=st.scores, budget=st.budget)
+        with stage("select"):
+            kept = check_selection(self.method.select(ctx), B, st.budget, st.num_visual)  # (B, M~)
+        keep_rows = _kept_token_index(T, st.visual_start, st.num_visual, kept)  # (B, T')
+        st.x = st.x.gather(1, keep_rows[..., None].expand(-1, -1, st.x.shape[-1]))
+        st.pos, st.mask2d, st.token_index = st.pos.gather(1, keep_rows), st.mask2d.gather(1, keep_rows), keep_rows
+        self.stats.pruned, self.stats.kept_visual = True, kept
+        self.stats.num_tokens_after_pruning = keep_rows.shape[1]
 
-        if prune and plan.prune_layer == 0:
-            apply_pruning()  # before the LLM (DivPrune, the controls)
-        causal, pos_emb = open_group(plan.executed[0])
-        for i in plan.executed:
-            if prune and not self.stats.pruned and i >= plan.prune_layer:
-                apply_pruning()
-                causal, pos_emb = open_group(i)
-            group_of_layer[i] = len(groups) - 1
-            h_in = x
-            x = layers[i](
-                x, attention_mask=causal, position_embeddings=pos_emb, position_ids=pos,
-                **cache_kwarg(layers[i], kv), use_cache=True,
-            )  # fmt: skip
-            if prune and i == plan.score_layer and method.score_queries is not None:
-                chosen = _chosen_queries(method.score_queries, mask2d, text_mask)
-                scores = self._prompt_scores(llm, i, h_in, pos, token_index, chosen, kv, mask2d, visual_idx)
-            if i == plan.relevance_layer:
-                chosen = text_mask.bool().gather(1, token_index) & attention_mask.bool().gather(1, token_index)
-                relevance = self._prompt_scores(
-                    llm, i, h_in, pos, token_index, chosen, kv, attention_mask, visual_idx
-                )
-            if capture and i == plan.action_layer:
-                self._capture(llm, i, h_in[:, -1:], pos[:, -1:], kv, mask2d[:, None, :], groups[-1],
-                              visual_start, num_visual, phase="prefill")  # fmt: skip
+    def _run_layer(self, st: _Prefill, i: int) -> None:
+        """Layer i over the current rows, then the attention probes the plan asks of that layer."""
+        plan, llm = st.plan, st.llm
+        st.group_of_layer[i] = len(st.groups) - 1
+        h_in = st.x
+        st.x = llm.model.layers[i](
+            st.x, attention_mask=st.causal, position_embeddings=st.pos_emb, position_ids=st.pos,
+            **cache_kwarg(llm.model.layers[i], st.kv), use_cache=True,
+        )  # fmt: skip
+        if st.prune and i == plan.score_layer and self.method.score_queries is not None:
+            with stage("select"):
+                chosen = _chosen_queries(self.method.score_queries, st.mask2d, st.text_mask)
+                st.scores = self._prompt_scores(llm, i, h_in, st.pos, st.token_index, chosen, st.kv, st.mask2d,
+                                                st.visual_idx)  # fmt: skip
+        if i == plan.relevance_layer:
+            real = st.attention_mask.bool().gather(1, st.token_index)
+            chosen = st.text_mask.bool().gather(1, st.token_index) & real
+            st.relevance = self._prompt_scores(llm, i, h_in, st.pos, st.token_index, chosen, st.kv,
+                                               st.attention_mask, st.visual_idx)  # fmt: skip
+        if st.capture and i == plan.action_layer:
+            self._capture(llm, i, h_in[:, -1:], st.pos[:, -1:], st.kv, st.mask2d[:, None, :], st.groups[-1],
+                          st.visual_start, st.num_visual, phase="prefill")  # fmt: skip
 
-        hidden = llm.model.norm(x)[:, -1]  # (B, D): HF norms every position; -1 is each row's last token
+    def _finish_prefill(self, st: _Prefill) -> PrefillResult:
+        llm = st.llm
+        hidden = llm.model.norm(st.x)[:, -1]  # (B, D): HF norms every position; -1 is each row's last token
         logits = llm.lm_head(hidden)  # (B, V)
         if self.config.reuse is not None:
-            self._remember_for_reuse(kv, relevance, attention_mask, visual_start)
-        cache = AcceleratedCache(kv, groups, group_of_layer, visual_start, num_visual, capture)
-        return PrefillResult(logits=logits, hidden=hidden, cache=cache, next_position=pos[:, -1] + 1)
+            self._remember_for_reuse(st.kv, st.relevance, st.attention_mask, st.visual_start)
+        cache = AcceleratedCache(st.kv, st.groups, st.group_of_layer, st.visual_start, st.num_visual, st.capture)
+        return PrefillResult(logits=logits, hidden=hidden, cache=cache, next_position=st.pos[:, -1] + 1)
 
     # ------------------------------------------------------------------------------------------- decode
     @torch.no_grad()
@@ -334,15 +390,23 @@ class AcceleratedRunner:
         return (to_visual * q_w[..., None]).sum(1) / q_w.sum(1, keepdim=True).clamp_min(1.0)
 
     def _capture(self, llm, layer_idx, h_q, q_pos, kv, allowed, group, visual_start, num_visual, phase) -> None:
-        """Record one action query's attention to the visual tokens, (B, M), pruned ones 0."""
+        """Record one action query's attention to the visual tokens, (B, M): the method's work, so "select"."""
+        with stage("select"):
+            self._capture_probe(llm, layer_idx, h_q, q_pos, kv, allowed, group, visual_start, num_visual, phase)
+
+    def _capture_probe(self, llm, layer_idx, h_q, q_pos, kv, allowed, group, visual_start, num_visual, phase):
+        """(B, M) with the tokens absent from this layer's cache (pruned before it) at 0; a layer before K
+        still sees them, and ``end_step`` zeroes them."""
         probs = query_attention(llm.model.layers[layer_idx], llm.model.rotary_emb, h_q, q_pos,
                                 kv.layers[layer_idx].keys, allowed.bool())[:, 0]  # (B, S)  # fmt: skip
         self.stats.attention_probes.append((phase, layer_idx, 1))
         n_prompt = group.token_index.shape[1]
-        m = group.token_index - visual_start[:, None]  # (B, S_prompt) visual index of each cached slot
-        is_visual = (m >= 0) & (m < num_visual)
+        if group.visual_slots is None:  # the same for the 7 captures of a step: computed once
+            m = group.token_index - visual_start[:, None]  # (B, S_prompt) visual index of each cached slot
+            group.visual_slots = (m.clamp(0, num_visual - 1), (m >= 0) & (m < num_visual))
+        slot, is_visual = group.visual_slots
         out = probs.new_zeros(probs.shape[0], num_visual)
-        out.scatter_add_(1, m.clamp(0, num_visual - 1), probs[:, :n_prompt] * is_visual)
+        out.scatter_add_(1, slot, probs[:, :n_prompt] * is_visual)
         self._step_action_attention.append(out)
 
 
@@ -361,6 +425,12 @@ def _chosen_queries(which: str, mask2d: Tensor, text_mask: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------- helpers
+def _zero_unkept(action: Tensor, kept: Tensor) -> Tensor:
+    """(B, M) action attention with every visual token not in ``kept`` (B, M~) set to 0."""
+    keep = torch.zeros_like(action, dtype=torch.bool).scatter_(1, kept.to(action.device), True)
+    return action.masked_fill(~keep, 0.0)
+
+
 def _kept_token_index(T: int, visual_start: Tensor, num_visual: int, kept: Tensor) -> Tensor:
     """(B, T - M + M~) long: every non-visual prompt index plus the kept visual ones, ascending."""
     B = kept.shape[0]
@@ -369,27 +439,3 @@ def _kept_token_index(T: int, visual_start: Tensor, num_visual: int, kept: Tenso
     keep.scatter_(1, visual, False)
     keep.scatter_(1, visual_start[:, None] + kept, True)
     return keep.nonzero()[:, 1].view(B, -1)  # row-major nonzero: each row's indices ascending
-
-
-def _check_selection(kept: Tensor, batch: int, budget: int, num_visual: int) -> Tensor:
-    if kept.shape != (batch, budget):
-        raise ValueError(f"pruning method returned shape {tuple(kept.shape)}, expected {(batch, budget)}")
-    if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= num_visual):
-        raise ValueError(f"pruning method returned indices outside [0, {num_visual})")
-    if budget > 1 and not bool((kept[:, 1:] > kept[:, :-1]).all()):
-        raise ValueError("pruning method must return strictly increasing (sorted, unique) indices per row")
-    return kept.long()
-
-
-def _check_prompt(inputs_embeds, attention_mask, visual_start, num_visual, text_mask) -> None:
-    if inputs_embeds.dim() != 3:
-        raise ValueError(f"inputs_embeds must be (B, T, D), got {tuple(inputs_embeds.shape)}")
-    B, T, _ = inputs_embeds.shape
-    if attention_mask.shape != (B, T) or text_mask.shape != (B, T):
-        raise ValueError(
-            f"attention_mask {tuple(attention_mask.shape)} and text_mask {tuple(text_mask.shape)} must be {(B, T)}"
-        )
-    if visual_start.shape != (B,):
-        raise ValueError(f"visual_start must be (B,) = ({B},), got {tuple(visual_start.shape)}")
-    if num_visual < 1 or int(visual_start.min()) < 0 or int(visual_start.max()) + num_visual > T:
-        raise ValueError(f"the {num_visual} visual tokens starting at {visual_start.tolist()} do not fit in T={T}")

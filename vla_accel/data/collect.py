@@ -23,6 +23,8 @@ from rich.table import Table
 from tqdm import tqdm
 
 from vla_accel import envs
+from vla_accel.conf import validated
+from vla_accel.data.collect_config import CollectSchema
 from vla_accel.data.hdf5_io import DemoWriter
 from vla_accel.policies.expert import make_expert_policy
 from vla_accel.measure.stats import format_rate, success_metrics
@@ -82,19 +84,6 @@ class TaskTally:
     instruction: str
     outcomes: list[bool] = field(default_factory=list)
     kept_lengths: list[int] = field(default_factory=list)
-
-
-def _check_collect_cfg(ccfg) -> None:
-    if not isinstance(ccfg.n_demos_per_task, int) or ccfg.n_demos_per_task < 1:
-        raise ValueError(f"collect.n_demos_per_task must be a positive integer, got {ccfg.n_demos_per_task!r}")
-    if not isinstance(ccfg.n_init_states, int) or ccfg.n_init_states < 1:
-        raise ValueError(f"collect.n_init_states must be a positive integer, got {ccfg.n_init_states!r}")
-    if float(ccfg.noise_std) < 0:
-        raise ValueError(f"collect.noise_std must be >= 0, got {ccfg.noise_std}")
-    if ccfg.init_split not in ("train", "eval"):
-        raise ValueError(f"collect.init_split must be 'train' or 'eval', got {ccfg.init_split!r}")
-    if ccfg.max_steps is not None and (not isinstance(ccfg.max_steps, int) or ccfg.max_steps < 1):
-        raise ValueError(f"collect.max_steps must be null or a positive integer, got {ccfg.max_steps!r}")
 
 
 def output_path(template: str, suite: str, output_dir: Path) -> Path:
@@ -175,7 +164,7 @@ def collect(cfg: DictConfig, output_dir: str | Path, console: Console | None = N
             command: str = "") -> list[Path]:
     """Collect demos for every suite `cfg.env.suite` names; one file per suite. Returns the paths."""
     console = console or Console()
-    _check_collect_cfg(cfg.collect)
+    validated(CollectSchema, cfg.collect)  # the ranges (and the types, for a section built without the schema)
     output_dir = Path(output_dir)
     suites = resolve_suites(cfg.env.suite)
     outs = [output_path(cfg.collect.output, s, output_dir) for s in suites]

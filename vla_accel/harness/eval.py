@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -23,9 +24,11 @@ from tqdm import tqdm
 
 from vla_accel import envs
 from vla_accel.accel.from_hydra import accel_config
+from vla_accel.conf import validated
 from vla_accel.policies import make_policy, policy_spec
 from vla_accel.harness.results import (EPISODE_LOG_ONLY_KEYS, EpisodeLog, build_eval_info, print_results, read_episode_log,
                                write_json_atomic)
+from vla_accel.harness.eval_config import EvalSchema
 from vla_accel.harness.realtime import LatencyModel
 from vla_accel.harness.rollout import RolloutTiming, run_episode, warm_up
 from vla_accel.measure.timing_report import timing_block, timing_table
@@ -37,13 +40,9 @@ EVAL_INFO = "eval_info.json"
 
 
 def _check_eval_cfg(ecfg) -> None:
-    for key in ("n_episodes", "n_init_states"):
-        if not isinstance(ecfg[key], int) or ecfg[key] < 1:
-            raise ValueError(f"eval.{key} must be a positive integer, got {ecfg[key]!r}")
-    if ecfg.max_steps is not None and (not isinstance(ecfg.max_steps, int) or ecfg.max_steps < 1):
-        raise ValueError(f"eval.max_steps must be null or a positive integer, got {ecfg.max_steps!r}")
-    if ecfg.max_videos < 0 or ecfg.videos_per_task < 0:
-        raise ValueError("eval.max_videos and eval.videos_per_task must be >= 0")
+    """The eval section's types (Hydra checked them at compose, unless built without the schema) and
+    ranges (EvalSchema.__post_init__)."""
+    validated(EvalSchema, ecfg)
 
 
 def rollout_timing(cfg: DictConfig) -> RolloutTiming:
@@ -128,101 +127,136 @@ def select_unnorm_key(policy, suite: str, configured: str | None) -> None:
         policy.unnorm_key = suite
 
 
+@dataclass
+class _EvalRun:
+    """What one evaluation knows before its first episode (checked, planned), and what it has done."""
+
+    cfg: DictConfig
+    output_dir: Path
+    spec: Any  # the policy's registry entry
+    accel: Any  # AccelConfig or None
+    timing: RolloutTiming
+    plan: list[list[PlannedEpisode]]
+    log_path: Path
+    done: dict[int, dict]  # episodes read back from the log (eval.resume)
+    records: dict[int, dict] = field(default_factory=dict)
+    policy: Any = None
+    n_warmup: int = 0  # untimed warm-up calls made in this process (once per policy built)
+
+    def video_path(self, ep: PlannedEpisode) -> Path:
+        return self.output_dir / "videos" / f"eval_episode_{ep.episode_ix}.mp4"
+
+
 def evaluate(cfg: DictConfig, output_dir: str | Path, console: Console | None = None) -> dict:
     """Run the evaluation that `cfg` (the composed `eval` app config) describes; return eval_info.
 
     With eval.resume=true, episodes already in output_dir/eval_episodes.jsonl are kept, not re-run.
     """
     console = console or Console()
-    ecfg = cfg.eval
-    _check_eval_cfg(ecfg)
-    output_dir = Path(output_dir)
+    run = _prepare(cfg, Path(output_dir), console)
+    start = time.perf_counter()
+    n_total = sum(len(g) for g in run.plan)
+    bar = tqdm(total=n_total, initial=len(run.done), desc="eval", unit="ep", disable=not cfg.eval.progress,
+               dynamic_ncols=True)
+    with EpisodeLog(run.log_path) as log:
+        try:
+            for group in run.plan:
+                _run_group(run, group, log, bar)
+        finally:
+            bar.close()
+    return _report(run, time.perf_counter() - start, console)
+
+
+def _prepare(cfg: DictConfig, output_dir: Path, console: Console) -> _EvalRun:
+    """Check everything that can be checked before any env or policy is built; read a resumed log."""
+    _check_eval_cfg(cfg.eval)
     output_dir.mkdir(parents=True, exist_ok=True)
     spec = policy_spec(cfg.policy)  # fail on an unknown policy type before building any env
     accel = accel_config(cfg)  # ... and on a bad accel config
     timing = rollout_timing(cfg)  # ... and on bad timing settings
     plan = plan_episodes(cfg)
-    fps = ecfg.fps or cfg.env.control_hz
     log_path = output_dir / EPISODE_LOG
-    done = _finished_episodes(log_path, plan) if ecfg.get("resume", False) else {}
+    done = _finished_episodes(log_path, plan) if cfg.eval.get("resume", False) else {}
     if not done:
         log_path.unlink(missing_ok=True)  # a fresh run in a used directory starts a fresh log
     else:
         console.print(f"resuming: {len(done)} finished episodes read from {log_path}")
+    return _EvalRun(cfg, output_dir, spec, accel, timing, plan, log_path, done, records=dict(done))
 
-    def video_path(ep: PlannedEpisode) -> Path:
-        return output_dir / "videos" / f"eval_episode_{ep.episode_ix}.mp4"
 
-    records: dict[int, dict] = dict(done)
-    policy = None
-    n_warmup = 0  # untimed warm-up calls made in this process (once per policy built)
-    start = time.perf_counter()
-    n_total = sum(len(g) for g in plan)
-    bar = tqdm(total=n_total, initial=len(done), desc="eval", unit="ep", disable=not ecfg.progress,
-               dynamic_ncols=True)
-    with EpisodeLog(log_path) as log:
-        try:
-            for group in plan:
-                todo = [ep for ep in group if ep.episode_ix not in done]
-                if not todo:
-                    continue
-                suite, task = group[0].suite, group[0].task
-                env = envs.make_env(suite, task.task_id, **env_kwargs(cfg.env))
-                try:
-                    if policy is None or spec.bound_to_env:
-                        policy = make_policy(cfg.policy, env)
-                        if accel is not None:
-                            from vla_accel.accel.accelerate import accelerate
+def _run_group(run: _EvalRun, group: list[PlannedEpisode], log: EpisodeLog, bar) -> None:
+    """The episodes of one task still to run, in one env (and one policy, unless it is bound to the env)."""
+    todo = [ep for ep in group if ep.episode_ix not in run.done]
+    if not todo:
+        return
+    cfg, suite, task = run.cfg, group[0].suite, group[0].task
+    env = envs.make_env(suite, task.task_id, **env_kwargs(cfg.env))
+    try:
+        if run.policy is None or run.spec.bound_to_env:
+            run.policy = _build_policy(run, env)
+            run.n_warmup += warm_up(env, run.policy, run.timing.warmup_calls,
+                                    init_state_id=todo[0].init_state_id, seed=todo[0].seed)
+        select_unnorm_key(run.policy, suite, cfg.policy.get("unnorm_key"))
+        for ep in todo:
+            rec = run_episode(env, run.policy, init_state_id=ep.init_state_id, seed=ep.seed,
+                              max_steps=cfg.eval.max_steps, record_video=ep.film, timing=run.timing)
+            if ep.film:
+                write_mp4(run.video_path(ep), rec.frames, cfg.eval.fps or cfg.env.control_hz)
+            record = _episode_record(ep, rec)
+            log.append(record)
+            run.records[ep.episode_ix] = record
+            n_success = sum(r["success"] for r in run.records.values())
+            bar.set_postfix_str(f"{suite}/{task.task_id} success {n_success}/{len(run.records)}")
+            bar.update(1)
+    finally:
+        env.close()
 
-                            policy = accelerate(policy, accel)
-                        n_warmup += warm_up(env, policy, timing.warmup_calls,
-                                            init_state_id=todo[0].init_state_id, seed=todo[0].seed)
-                    select_unnorm_key(policy, suite, cfg.policy.get("unnorm_key"))
-                    for ep in todo:
-                        rec = run_episode(env, policy, init_state_id=ep.init_state_id, seed=ep.seed,
-                                          max_steps=ecfg.max_steps, record_video=ep.film,
-                                          timing=timing)
-                        if ep.film:
-                            write_mp4(video_path(ep), rec.frames, fps)
-                        record = {
-                            "episode_ix": ep.episode_ix, "suite": suite, "task_id": task.task_id,
-                            "task": task.name, "init_state_id": ep.init_state_id, "seed": ep.seed,
-                            "success": rec.success, "sum_reward": rec.sum_reward,
-                            "max_reward": rec.max_reward, "n_steps": rec.n_steps,
-                            "n_calls": len(rec.calls), "n_stale_steps": rec.n_stale_steps,
-                            "n_hold_steps": rec.n_hold_steps, "loop_s": rec.loop_s,
-                            "calls": rec.calls,  # kept in the jsonl only (a resumed run re-reads them)
-                        }
-                        log.append(record)
-                        records[ep.episode_ix] = record
-                        n_success = sum(r["success"] for r in records.values())
-                        bar.set_postfix_str(f"{suite}/{task.task_id} success {n_success}/{len(records)}")
-                        bar.update(1)
-                finally:
-                    env.close()
-        finally:
-            bar.close()
-    eval_s = time.perf_counter() - start
 
-    episodes = [records[ix] for ix in sorted(records)]
+def _build_policy(run: _EvalRun, env):
+    policy = make_policy(run.cfg.policy, env)
+    if run.accel is not None:
+        from vla_accel.accel.accelerate import accelerate
+
+        policy = accelerate(policy, run.accel)
+    return policy
+
+
+def _episode_record(ep: PlannedEpisode, rec) -> dict:
+    """One line of eval_episodes.jsonl."""
+    return {
+        "episode_ix": ep.episode_ix, "suite": ep.suite, "task_id": ep.task.task_id,
+        "task": ep.task.name, "init_state_id": ep.init_state_id, "seed": ep.seed,
+        "success": rec.success, "sum_reward": rec.sum_reward,
+        "max_reward": rec.max_reward, "n_steps": rec.n_steps,
+        "n_calls": len(rec.calls), "n_stale_steps": rec.n_stale_steps,
+        "n_hold_steps": rec.n_hold_steps, "loop_s": rec.loop_s,
+        "calls": rec.calls,  # kept in the jsonl only (a resumed run re-reads them)
+    }  # fmt: skip
+
+
+def _report(run: _EvalRun, eval_s: float, console: Console) -> dict:
+    """eval_info.json (results, timing block, per-suite timing) and the printed tables."""
+    cfg, plan = run.cfg, run.plan
+    episodes = [run.records[ix] for ix in sorted(run.records)]
     per_episode = [{k: v for k, v in r.items() if k not in EPISODE_LOG_ONLY_KEYS} for r in episodes]
     tasks = [{"suite": g[0].suite, "task_id": g[0].task.task_id, "task": g[0].task.name,
               "instruction": g[0].task.instruction} for g in plan]
-    video_paths = [str(video_path(ep)) for g in plan for ep in g if ep.film and video_path(ep).exists()]
+    video_paths = [str(run.video_path(ep)) for g in plan for ep in g
+                   if ep.film and run.video_path(ep).exists()]
     info = build_eval_info(per_episode, tasks, eval_s=eval_s, video_paths=video_paths,
                            config=OmegaConf.to_container(cfg, resolve=True),
-                           n_timed=len(records) - len(done))
-    info["timing"] = run_timing_block(timing, episodes, n_warmup)
+                           n_timed=len(run.records) - len(run.done))
+    info["timing"] = run_timing_block(run.timing, episodes, run.n_warmup)
     suites = list(dict.fromkeys(r["suite"] for r in episodes))
     if len(suites) > 1:
-        info["timing_per_group"] = {s: run_timing_block(timing, [r for r in episodes if r["suite"] == s],
-                                                        n_warmup) for s in suites}
-    write_json_atomic(output_dir / EVAL_INFO, info)
+        info["timing_per_group"] = {s: run_timing_block(run.timing, [r for r in episodes if r["suite"] == s],
+                                                        run.n_warmup) for s in suites}
+    write_json_atomic(run.output_dir / EVAL_INFO, info)
     print_results(info, console, title=f"eval: policy={cfg.policy.type}")
-    if ecfg.get("timing_table", True) and info["timing"]["n_calls"]:
+    if cfg.eval.get("timing_table", True) and info["timing"]["n_calls"]:
         console.print(timing_table(info["timing"], title=f"timing: policy={cfg.policy.type}"
                                    + (f" accel={cfg.accel.name}" if cfg.get("accel") is not None else "")))
-    console.print(f"results: {output_dir / EVAL_INFO}")
+    console.print(f"results: {run.output_dir / EVAL_INFO}")
     return info
 
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vla_accel.harness.realtime import ActionScheduler, LatencyModel, hold_action
-from vla_accel.measure.timing import cuda_sync
 from vla_accel.harness.video import side_by_side
 
 
@@ -35,7 +34,6 @@ class EpisodeRecord:
     n_steps: int
     first_success_step: int | None = None  # 1-based step at which success was first reported
     frames: list[np.ndarray] | None = None  # (H, 2W, 3) uint8 each, when recording video
-    extra: dict = field(default_factory=dict)  # room for later per-episode measurements
     calls: list[dict] = field(default_factory=list)  # one record per inference call (see timed_call)
     n_stale_steps: int = 0  # steps that executed an action not delivered at that step (incl. hold)
     n_hold_steps: int = 0  # steps before the episode's first action arrived (real-time mode)
@@ -72,24 +70,23 @@ def seed_everything(seed: int) -> None:
 def timed_call(policy, obs: dict, timing: RolloutTiming, step: int) -> tuple[np.ndarray, dict | None]:
     """policy.select_action(obs) -> (action, call record or None when it ran no inference).
 
-    Record: {"step", "ms": {stage: ms, "total": wall ms of select_action}, "latency_ms" (as the latency
-    model charges it), and when known "tokens_kept", "tokens_of", "flops" ({stage: FLOPs})}.
+    Record: {"step", "ms": {stage: ms, "total"}, "latency_ms" (as the latency model charges it), and
+    when known "tokens_kept", "tokens_of", "flops" ({stage: FLOPs})}. "total" is the policy's own stage
+    timer's call time (CUDA-synchronised on CUDA); a policy without a timer (the scripted expert) is
+    timed here, around select_action.
     """
     timer = getattr(policy, "timer", None)
-    cuda = bool(getattr(timer, "cuda", False))
-    before = timer.n_calls if timer is not None else None
-    if cuda:
-        cuda_sync()
-    t0 = time.perf_counter()
-    action = policy.select_action(obs)
-    if cuda:
-        cuda_sync()
-    wall_ms = (time.perf_counter() - t0) * 1e3
-    if timer is not None and timer.n_calls == before:
-        return action, None  # a queue pop: no inference ran
-    ms = {k: float(v) for k, v in (getattr(policy, "last_timing", None) or {}).items() if k != "total"}
-    ms["total"] = wall_ms
-    record = {"step": step, "ms": ms, "latency_ms": timing.latency_model(wall_ms)}
+    if timer is None:
+        t0 = time.perf_counter()
+        action = policy.select_action(obs)
+        ms = {"total": (time.perf_counter() - t0) * 1e3}
+    else:
+        before = timer.n_calls
+        action = policy.select_action(obs)
+        if timer.n_calls == before:
+            return action, None  # a queue pop: no inference ran
+        ms = {k: float(v) for k, v in policy.last_timing.items()}
+    record = {"step": step, "ms": ms, "latency_ms": timing.latency_model(ms["total"])}
     if timing.accounting:
         from vla_accel.accel.call_accounting import call_accounting
 

@@ -7,6 +7,14 @@ A policy owns one :class:`StageTimer`. Each inference call is one record::
         with policy.timer.stage("prefill"): ...
     policy.last_timing                        # {"vision": ms, "prefill": ms, ..., "total": ms}
 
+Code that has no reference to the timer (the accelerator's runner, below the policy) times its part
+with the module-level :func:`stage`: ``StageTimer.call()`` makes its timer this thread's *active* timer
+for the call's duration, and ``stage(name)`` times into it (a shared ``nullcontext`` when no call is
+active or the timer is off). Such stages nest inside the policy's: the runner's "select" (the pruning
+method's own work: attention probes, the action-attention capture, scoring, selection and the history
+update) runs inside "prefill" and "decode", so prefill and decode INCLUDE select; it is reported beside
+them, not added to them.
+
 Clock: ``time.perf_counter()``. When the timed model lives on CUDA the timer calls
 ``torch.cuda.synchronize()`` at every stage boundary, so a stage's time is the GPU work it queued, not
 the time to launch kernels. A disabled timer (``StageTimer(enabled=False)``) hands back one shared
@@ -21,14 +29,24 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-STAGES = ("vision", "prefill", "decode", "action_head", "total")
+STAGES = ("vision", "prefill", "select", "decode", "action_head", "total")  # select: inside prefill/decode
+NESTED_STAGES = {"select": ("prefill", "decode")}  # a stage timed inside others (already in their time)
 PERCENTILES = (50, 90, 99)
 _NULL = contextlib.nullcontext()
+_ACTIVE = threading.local()  # .timer: the StageTimer whose call() is running on this thread, if any
+
+
+def stage(name: str):
+    """Time stage ``name`` into the timer of the call running on this thread (see the module docstring);
+    a shared no-op context when there is none. For code that cannot reach the policy's timer."""
+    timer = getattr(_ACTIVE, "timer", None)
+    return _NULL if timer is None else timer.stage(name)
 
 
 def cuda_sync() -> None:
@@ -97,6 +115,8 @@ class StageTimer:
                 self.n_calls += 1
             return
         self._current = {}
+        outer = getattr(_ACTIVE, "timer", None)
+        _ACTIVE.timer = self  # module-level stage() now times into this call
         start = self._now()
         try:
             yield
@@ -104,6 +124,7 @@ class StageTimer:
             record = self._current
             record["total"] = (self._now() - start) * 1e3
             self._current = None
+            _ACTIVE.timer = outer
             self.last = record
             self.n_calls += 1
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from vla_accel.measure.timing import (
+    NESTED_STAGES,
     STAGES,
     control_period_ms,
     count_deadline_misses,
@@ -83,10 +84,12 @@ def timing_table(block: dict, title: str = "Timing") -> Table:
     period = block["deadline_period_ms"]
     mode = "real-time" if block["realtime"] else "synchronous"
     model = block["latency_model"] + ("" if block["latency_param"] is None else f" ({block['latency_param']:g})")
+    nested = "".join(f"; {s} is part of {' / '.join(NESTED_STAGES[s])}, not added to them"
+                     for s in NESTED_STAGES if s in block["latency_ms"])  # select: the pruning method's own time
     table = Table(title=title, caption=(
         f"{mode} loop at {block['control_hz']:g} Hz (deadline {period:.1f} ms), latency model {model}; "
         f"{block['n_calls']} inference calls over {block['n_steps']} steps, "
-        f"{block['warmup_calls']} warm-up calls excluded"))
+        f"{block['warmup_calls']} warm-up calls excluded{nested}"))
     table.add_column("stage")
     for col in ("p50 ms", "p90 ms", "p99 ms", "mean ms", "FLOPs/call"):
         table.add_column(col, justify="right")

@@ -4,7 +4,7 @@
     vla-accel bench policy=openvla_default policy.path=outputs/train/...  bench.keep_ratios=[0.5,0.25]
     vla-accel bench policy=cogact_default bench.head_cache_intervals=[2,5] bench.demos=demos.hdf5
 
-What it does (design.md, "Honest measurement"):
+What it does (speed is a ratio measured side by side in one process, on the same inputs):
 
 1. Observations: consecutive frames of a few episodes -- the env's scripted expert driving
    `env.suite` tasks from init states 0, 1, ... (`bench.n_episodes` episodes), or the first frames of
@@ -19,8 +19,10 @@ What it does (design.md, "Honest measurement"):
 4. Per episode: every config's copy is reset; then rounds: in each round every config runs one
    inference call (`predict_action_chunk`) on that round's frame, in round-robin order rotated by one
    each round (so no config always runs first); the first `bench.warmup_rounds` rounds are not timed
-   (>= 3 covers VLA-Pruner's w = 3 steps without pruning). Latency = time.perf_counter around the call
-   (CUDA-synchronised); stages from the policy's `last_timing`.
+   (>= 3 covers VLA-Pruner's w = 3 steps without pruning). Latency = the policy's own stage timer
+   (`last_timing`: each stage and the call's "total", CUDA-synchronised on CUDA). "select" is the pruning
+   method's own work (attention probes, action-attention capture, scoring, selection, history update);
+   it is timed inside "prefill" / "decode", so those INCLUDE it (vla_accel.measure.timing).
 5. Report per config: p50/p90 per stage and end to end, speedup = p50(total of "none") / p50(total)
    (and `paired_speedup`: the median over rounds of the same round's ratio, robust to load drift),
    the analytic FLOPs ratio (vla_accel.accel.call_accounting; accelerated / plain, whole call), ideal speedup =
@@ -37,7 +39,6 @@ import os
 import platform
 import shlex
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +47,10 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from vla_accel.measure.timing import STAGES, cuda_sync, summarize
+from vla_accel.conf import validated
+from vla_accel.measure.timing import STAGES, summarize
+from vla_accel.policies.capabilities import require_dit_head
+from vla_accel.tools.bench_config import BenchSchema
 
 BASELINE = "none"
 NO_KEEP_RATIO = ("vla_cache",)  # presets that do not prune to a budget
@@ -138,8 +142,7 @@ def build_policy(cfg: DictConfig, episodes: list[list[dict]]):
 
         return make_policy(cfg.policy, None).eval()
     from vla_accel.policies.common.action_tokenizer import compute_norm_stats
-    from vla_accel.policies.common.factory import _device_dtype
-    from vla_accel.policies.train import policy_class
+    from vla_accel.policies.common.factory import device_dtype, policy_class
 
     cls = policy_class(kind)
     config = cls.config_class.from_dict(OmegaConf.to_container(cfg.policy.model, resolve=True))
@@ -149,7 +152,7 @@ def build_policy(cfg: DictConfig, episodes: list[list[dict]]):
     torch.manual_seed(int(cfg.bench.seed))
     instructions = sorted({f["instruction"] for ep in episodes for f in ep})
     policy = cls.from_config(config, extra_texts=instructions)
-    device, dtype = _device_dtype(cfg.policy)
+    device, dtype = device_dtype(cfg.policy)
     return policy.to(device=device, dtype=dtype).eval()
 
 
@@ -171,8 +174,7 @@ def bench_configs(cfg: DictConfig, policy) -> list[BenchConfig]:
         rows.append(BenchConfig(f"skip{layers}", "layer_skip", None, load_accel_config("none", skip_layers=layers),
                                 skip_layers=layers))
     for n in b.get("head_cache_intervals") or []:
-        if not hasattr(policy, "action_model"):
-            raise ValueError("bench.head_cache_intervals needs a CogACT-style policy (a DiT action head)")
+        require_dit_head(policy, "bench.head_cache_intervals", fix="drop bench.head_cache_intervals")
         rows.append(BenchConfig(f"head_cache/{int(n)}", "head_cache", None,
                                 load_accel_config("none", head_cache_interval=int(n))))
     return rows
@@ -184,16 +186,8 @@ def bench_configs(cfg: DictConfig, policy) -> list[BenchConfig]:
 def _timed_inference(policy, obs: dict) -> dict:
     from vla_accel.accel.call_accounting import call_accounting
 
-    cuda = policy.device.type == "cuda"
-    if cuda:
-        cuda_sync()
-    t0 = time.perf_counter()
     policy.predict_action_chunk(obs)
-    if cuda:
-        cuda_sync()
-    wall = (time.perf_counter() - t0) * 1e3
-    ms = {k: v for k, v in policy.last_timing.items() if k != "total"}
-    ms["total"] = wall
+    ms = dict(policy.last_timing)  # the stage timer's record; "total" is the call's (synchronised) time
     acc = call_accounting(policy)
     return {"ms": ms, "flops": acc.get("flops"), "tokens_kept": acc.get("tokens_kept"),
             "tokens_of": acc.get("tokens_of")}
@@ -286,14 +280,18 @@ def _head_stage(results: list[dict]) -> str:
     return "action_head" if any("action_head" in r["latency_ms"] for r in results) else "decode"
 
 
+SELECT_LEGEND = ("select = the pruning method's own time (probes, action capture, scoring, selection); "
+                 "it is part of prefill and decode, not added to them")
+
+
 def bench_table(results: list[dict], title: str = "bench") -> Table:
     head = _head_stage(results)
-    table = Table(title=title)
+    table = Table(title=title, caption="p50 ms per stage; " + SELECT_LEGEND)
     for col, just in (("config", "left"), ("tokens", "right"), ("vision", "right"), ("prefill", "right"),
-                      (head, "right"), ("total p50", "right"), ("total p90", "right"), ("speedup", "right"),
-                      ("paired", "right"),
+                      ("select", "right"), (head, "right"), ("total p50", "right"), ("total p90", "right"),
+                      ("speedup", "right"), ("paired", "right"),
                       ("FLOPs ratio", "right"), ("ideal", "right"), ("achieved/ideal", "right")):
-        table.add_column(col + (" ms" if col in ("vision", "prefill", head) else ""), justify=just,
+        table.add_column(col + (" ms" if col in ("vision", "prefill", "select", head) else ""), justify=just,
                          min_width=max(len(r["name"]) for r in results) if col == "config" else None)
     for r in results:
         table.add_row(*_cells(r, head))
@@ -305,7 +303,7 @@ def _cells(r: dict, head: str) -> list[str]:
     tk = r["tokens_kept"]
     return [r["name"], f"{tk['mean']:.0f}/{tk['of']}" if tk else "-",
             _f(lat.get("vision", {}).get("p50")), _f(lat.get("prefill", {}).get("p50")),
-            _f(lat.get(head, {}).get("p50")), _f(lat["total"]["p50"]), _f(lat["total"]["p90"]),
+            _f(lat.get("select", {}).get("p50")), _f(lat.get(head, {}).get("p50")), _f(lat["total"]["p50"]), _f(lat["total"]["p90"]),
             _f(r["speedup"], "{:.2f}x"), _f(r["paired_speedup"], "{:.2f}x"), _f(r["flops_ratio"], "{:.3f}"), _f(r["ideal_speedup"], "{:.2f}x"),
             _f(r["achieved_over_ideal"], "{:.2f}")]
 
@@ -320,30 +318,18 @@ def bench_markdown(report: dict) -> str:
              + (f" ({m['gpu']})" if m.get("gpu") else "") + f", torch {m['torch']} with {m['torch_threads']} threads",
              (f"- {report['n_calls_per_config']} timed inference calls per config ({report['n_episodes']} episodes x "
               f"{report['rounds']} rounds, after {report['warmup_rounds']} untimed rounds each), interleaved round-robin"),
-             ("- latency: p50 ms of time.perf_counter per stage; speedup = p50(total of none) / p50(total); "
+             ("- latency: p50 ms of the policy's stage timer per stage; speedup = p50(total of none) / p50(total); "
               "FLOPs ratio analytic (vla_accel.accel.call_accounting), ideal = 1 / FLOPs ratio"),
-             "- paired = median over rounds of total(none) / total(config) in the same round", "",
-             "| config | tokens kept | vision | prefill | " + head + " | total p50 | total p90 | speedup | "
+             "- paired = median over rounds of total(none) / total(config) in the same round",
+             "- " + SELECT_LEGEND, "",
+             "| config | tokens kept | vision | prefill | select | " + head + " | total p50 | total p90 | speedup | "
              "paired | FLOPs ratio | ideal | achieved/ideal |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += ["| " + " | ".join(_cells(r, head)) + " |" for r in results]
     return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------ entry points
-
-
-def _check_bench_cfg(b) -> None:
-    for key in ("rounds", "n_episodes"):
-        if not isinstance(b[key], int) or b[key] < 1:
-            raise ValueError(f"bench.{key} must be a positive integer, got {b[key]!r}")
-    if not isinstance(b.warmup_rounds, int) or b.warmup_rounds < 0:
-        raise ValueError(f"bench.warmup_rounds must be an integer >= 0, got {b.warmup_rounds!r}")
-    for r in b.keep_ratios:
-        if not isinstance(r, (int, float)) or not 0 < r <= 1:
-            raise ValueError(f"bench.keep_ratios must lie in (0, 1], got {r!r}")
-    if b.get("threads") is not None and (not isinstance(b.threads, int) or b.threads < 1):
-        raise ValueError(f"bench.threads must be null (torch's default) or a positive integer, got {b.threads!r}")
 
 
 def bench(cfg: DictConfig, output_dir: str | Path, console: Console | None = None) -> dict:
@@ -354,7 +340,7 @@ def bench(cfg: DictConfig, output_dir: str | Path, console: Console | None = Non
 
     console = console or Console()
     b = cfg.bench
-    _check_bench_cfg(b)
+    validated(BenchSchema, b)  # the ranges (and the types, for a section built without the schema)
     if b.get("threads") is not None:
         torch.set_num_threads(int(b.threads))
     output_dir = Path(output_dir)

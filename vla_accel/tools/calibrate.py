@@ -24,6 +24,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from vla_accel.conf import validated
+from vla_accel.policies.capabilities import require_runner
+from vla_accel.tools.calibrate_config import CalibrateSchema
+
 # Policy types whose LLM runs through the runner seam (docs/interfaces.md): the only ones with layers to rank.
 LLM_POLICY_TYPES = ("openvla", "cogact")
 NUM_INIT_STATES = 50  # fixed evaluation init states per task (docs/interfaces.md, Environments)
@@ -53,16 +57,7 @@ def check_calibrate_cfg(cfg: DictConfig) -> list[Path]:
     from vla_accel.policies import policy_spec
 
     c = cfg.calibrate
-    n = c.n_samples
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"calibrate.n_samples must be an integer >= 1, got {n!r}")
-    b = c.batch_size
-    if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-        raise ValueError(f"calibrate.batch_size must be an integer >= 1, got {b!r}")
-    if c.suggest_num_drop is not None and (not isinstance(c.suggest_num_drop, int) or c.suggest_num_drop < 1):
-        raise ValueError(f"calibrate.suggest_num_drop must be null or an integer >= 1, got {c.suggest_num_drop!r}")
-    if not c.output or not str(c.output).endswith(".json"):
-        raise ValueError(f"calibrate.output must name a .json file, got {c.output!r}")
+    validated(CalibrateSchema, c)  # the ranges (and the types, for a section built without the schema)
     if "policy" not in cfg or cfg.policy is None:
         raise ValueError(f"choose a policy: policy=<config> (one of the types {', '.join(LLM_POLICY_TYPES)})")
     policy_spec(cfg.policy)  # an unknown type: the registry's did-you-mean
@@ -212,8 +207,7 @@ def calibrate(cfg: DictConfig, output_dir: str | Path, console: Console | None =
     out = output_path(c.output, Path(output_dir))
 
     policy = make_policy(cfg.policy, None).eval()
-    if not hasattr(policy, "runner") or not hasattr(policy, "language_model"):
-        raise ValueError(f"{type(policy).__name__} does not run its LLM through a runner; nothing to calibrate")
+    require_runner(policy, "calibrate (nothing to calibrate otherwise)")
     if paths:
         observations = sample_demo_observations(paths, int(c.n_samples), int(c.seed))
         source = {"demos": [str(p.resolve()) for p in paths]}

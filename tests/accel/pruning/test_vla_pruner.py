@@ -6,7 +6,7 @@ from vla_accel.accel.pruning import SelectionContext, build_method
 
 def feed(method, steps):
     for s in steps:
-        method.observe_step(torch.as_tensor(s, dtype=torch.float32)[None], len(s))
+        method.observe_step(torch.as_tensor(s, dtype=torch.float32)[None])
 
 
 def test_temporal_weights_newest_first_is_the_paper_default():
@@ -58,7 +58,7 @@ def test_union_then_diversity_on_a_constructed_case():
 
 def test_rows_use_their_own_history():
     m = build_method("vla_pruner", window=1)
-    m.observe_step(torch.tensor([[0, 0, 0, 1.0], [1.0, 0, 0, 0]]), 4)
+    m.observe_step(torch.tensor([[0, 0, 0, 1.0], [1.0, 0, 0, 0]]))
     semantic = torch.tensor([[1.0, 0, 0, 0], [1.0, 0, 0, 0]])
     emb = torch.eye(4).expand(2, 4, 4)
     kept = m.select(SelectionContext(emb, semantic, budget=1))

@@ -8,7 +8,7 @@ import pytest
 @pytest.fixture(scope="module")
 def pruned_openvla(one_thread):
     """Tiny OpenVLA-style policy with VLA-Pruner (temporal action-attention history), 50% of tokens."""
-    from fixtures.tiny_policies import tiny_openvla
+    from fixtures.tiny_models import tiny_openvla
 
     from vla_accel.accel.accelerate import accelerate
 

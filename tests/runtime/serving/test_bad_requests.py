@@ -9,7 +9,7 @@ import time
 import msgpack
 import numpy as np
 import pytest
-from fixtures.tiny_policies import obs as make_obs
+from fixtures.tiny_models import obs as make_obs
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 

@@ -12,8 +12,8 @@ import urllib.request
 
 import numpy as np
 import pytest
-from fixtures.tiny_policies import obs as make_obs
-from fixtures.tiny_policies import tiny_openvla
+from fixtures.tiny_models import obs as make_obs
+from fixtures.tiny_models import tiny_openvla
 
 from vla_accel.runtime.client import WebsocketClientPolicy
 

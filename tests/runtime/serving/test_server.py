@@ -9,7 +9,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from fixtures.tiny_policies import obs as make_obs
+from fixtures.tiny_models import obs as make_obs
 
 from vla_accel.runtime.client import ServerError, WebsocketClientPolicy
 from vla_accel.runtime.episode_fork import fork_episode
@@ -115,7 +115,7 @@ def test_keep_ratio_is_set_per_connection(server, pruned_openvla):
 
 
 def test_select_action_uses_the_connections_own_queue(one_thread):
-    from fixtures.tiny_policies import tiny_cogact
+    from fixtures.tiny_models import tiny_cogact
 
     from vla_accel.accel.accelerate import accelerate
     from vla_accel.runtime.serving.server import PolicyServer, ServeConfig

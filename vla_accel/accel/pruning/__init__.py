@@ -6,8 +6,7 @@ Adding a method = one new file with a ``PruningMethod`` subclass + one line here
 
 from __future__ import annotations
 
-import difflib
-
+from vla_accel.registry import lookup
 from vla_accel.accel.pruning.base import PruningMethod, SelectionContext
 from vla_accel.accel.pruning.divprune import DivPrune
 from vla_accel.accel.pruning.efficientvla_tokens import EfficientVLATokens
@@ -24,11 +23,7 @@ METHODS: dict[str, type[PruningMethod]] = {
 
 def method_class(name: str) -> type[PruningMethod]:
     """The class registered under ``name``; unknown names raise ValueError (did-you-mean + valid list)."""
-    if name not in METHODS:
-        close = difflib.get_close_matches(name, list(METHODS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown pruning method {name!r}.{hint} Valid: {sorted(METHODS)}")
-    return METHODS[name]
+    return lookup(METHODS, name, "pruning method")
 
 
 def build_method(name: str, **params) -> PruningMethod:

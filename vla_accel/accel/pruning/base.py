@@ -5,8 +5,8 @@ A method declares what it needs from the runner (class attributes / properties):
 - ``score_queries``: which prefill queries' attention it ranks visual tokens by, read at the layer just
   before the pruning layer: ``"last"`` (the last prefill token, FastV), ``"text"`` (the instruction's
   text tokens), ``"all"`` (every real prefill token) or ``None`` (it needs no attention).
-- ``default_layer``: the pruning layer K (0-indexed: layers 0..K-1 see every token, layers K.. see the
-  kept ones; the scores come from layer K-1). ``0`` means before the LLM (DivPrune).
+- ``default_layer``: the pruning layer K = the number of layers that see every token (the convention
+  and each paper's conversion: ``vla_accel.accel.config.TokenPruningConfig``). ``0``: before the LLM.
 - ``needs_action_attention``: whether the runner must capture the action queries' attention to the
   visual tokens at a late layer and hand it to :meth:`observe_step` once per control step.
 
@@ -82,7 +82,7 @@ class PruningMethod(ABC):
     def select(self, ctx: SelectionContext) -> Tensor:
         """Kept visual-token indices, (B, budget) long in [0, M), sorted ascending per row."""
 
-    def observe_step(self, action_attention: Tensor, num_visual: int) -> None:
+    def observe_step(self, action_attention: Tensor) -> None:
         """One finished control step's action attention to the visual tokens, (B, M) (pruned tokens 0)."""
 
     def reset(self) -> None:

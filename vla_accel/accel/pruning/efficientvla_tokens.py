@@ -6,7 +6,7 @@ instruction tokens -- we use their mean, which min-max normalisation makes ident
   V_task = the next floor(alpha * (K_final - K_key)) tokens by relevance;
   V_div  = the remaining K_final - K_key - K_task tokens, chosen among the rest as those that maximise
            1 - max_{k in V_key} cos(v_j, v_k) (diversity against the key set).
-alpha is not given in methods.md; 0.5 is our default (a parameter).
+The paper does not state alpha; 0.5 is our default (a parameter).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from vla_accel.accel.pruning.base import PruningMethod, SelectionContext, topk_i
 
 class FastV(PruningMethod):
     name = "fastv"
-    default_layer = 3
+    default_layer = 2  # FastV prunes "after layer 2" (1-indexed, layers 1..2 full): TokenPruningConfig
     _score_queries = "last"
 
     def select(self, ctx: SelectionContext) -> Tensor:

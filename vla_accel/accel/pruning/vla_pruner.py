@@ -7,12 +7,14 @@ action score S^_act (B, M): the current step's action attention is unknown at pr
     estimated from the previous w steps: sum_{i=1..w} gamma^i * S_act(t-i), normalised to sum 1 per row.
     ``temporal_order="newest_first"`` (paper: step t-1 gets gamma^1, the largest weight) or
     ``"oldest_first"`` (the released code: step t-w gets gamma^1). A token pruned at step t-i has no
-    action score for that step (0) -- the runner hands us zeros there.
+    action score for that step (0): the runner zeroes every token not kept at that step before
+    ``observe_step`` (needed when the action layer comes before K and so still sees the pruned tokens).
 selection ("combine then filter"): top-M~ by S_vl union top-M~ by S^_act; if the union holds more than
     M~ tokens, keep M~ of them by greedy max-min diversity over the cosine distance of the tokens' input
     embeddings. The union of two M~-sets can never hold fewer than M~ tokens, so no filling is needed.
 warm-up: no pruning until w steps of action history exist. History is per episode (``reset``) and per
-    batch row (row b of every stored (B, M) tensor).
+    batch row (row b of every stored (B, M) tensor), so the batch size must not change within an episode:
+    ``wants_to_prune`` and ``observe_step`` check it against every stored step.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ TEMPORAL_ORDERS = ("newest_first", "oldest_first")
 
 class VLAPruner(PruningMethod):
     name = "vla_pruner"
-    default_layer = 3
+    default_layer = 2  # the paper's K = 3 (1-indexed first pruned layer): 2 full layers, scores from layer 1
     needs_action_attention = True
 
     @dataclass(frozen=True)
@@ -40,7 +42,9 @@ class VLAPruner(PruningMethod):
         gamma: float = 0.8
         semantic_queries: str = "all"
         temporal_order: str = "newest_first"
-        action_layer: int | None = None  # layer whose attention gives S_act; None -> num_layers // 2 - 1
+        # layer whose attention gives S_act; None -> max(K, num_layers // 2 - 1), clipped to the last
+        # executed layer (config._action_layer); one before K is allowed: the runner zeroes pruned tokens
+        action_layer: int | None = None
 
         def __post_init__(self) -> None:
             if self.window < 1:
@@ -70,17 +74,21 @@ class VLAPruner(PruningMethod):
         self._history.clear()
 
     def wants_to_prune(self, batch_size: int) -> bool:
-        if len(self._history) < self.params.window:
-            return False
-        if self._history[-1].shape[0] != batch_size:
-            raise ValueError(
-                f"vla_pruner: batch size changed from {self._history[-1].shape[0]} to {batch_size} within an "
-                "episode; call reset() at every episode start"
-            )
-        return True
+        self._check_batch(batch_size)  # also during warm-up: a changed B would be broadcast silently later
+        return len(self._history) >= self.params.window
 
-    def observe_step(self, action_attention: Tensor, num_visual: int) -> None:
+    def observe_step(self, action_attention: Tensor) -> None:
+        self._check_batch(action_attention.shape[0])
         self._history.append(action_attention.detach().float())
+
+    def _check_batch(self, batch_size: int) -> None:
+        """Every stored step must have ``batch_size`` rows: row b of the history is episode b."""
+        sizes = sorted({h.shape[0] for h in self._history} - {batch_size})
+        if sizes:
+            raise ValueError(
+                f"vla_pruner: batch size changed from {sizes[0]} to {batch_size} within an episode; "
+                "call reset() at every episode start"
+            )
 
     def temporal_weights(self) -> list[float]:
         """Weights of the stored steps, oldest first (matching the history's order)."""

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-SERVE_KEYS = ("host", "port", "max_message_bytes", "transport_max_bytes", "max_instruction_chars",
-              "ping_interval_s")
+from vla_accel.conf import validated
+from vla_accel.runtime.serving.serve_config import ServeSchema
 
 
 def build_served_policy(cfg: DictConfig):
@@ -40,10 +40,10 @@ def warm_up(policy) -> None:
 
 
 def run(cfg: DictConfig) -> None:
-    from vla_accel.runtime.serving.server import PolicyServer, ServeConfig
+    from vla_accel.runtime.serving.server import PolicyServer
 
     scfg = cfg.serve
-    config = ServeConfig(**{k: scfg[k] for k in SERVE_KEYS})  # validates before the model loads
+    config = validated(ServeSchema, scfg).server_config()  # checks the ranges before the model loads
     if scfg.get("torch_threads"):
         import torch
 
@@ -56,8 +56,11 @@ def run(cfg: DictConfig) -> None:
     def ready(port: int) -> None:
         accel = OmegaConf.to_container(cfg.accel) if cfg.get("accel") is not None else None
         print(f"vla-accel serve: listening on ws://{config.host}:{port} "
-              f"(policy {server.metadata['policy_type']}, accel {accel and accel.get('name')}; GET /healthz)",
-              flush=True)
+              f"(policy {server.metadata['policy_type']}, accel {accel and accel.get('name')}; GET /healthz"
+              f"{'; token required' if config.auth_token else ''})", flush=True)
+        if server.rest_port is not None:
+            print(f"vla-accel serve: REST POST http://{config.host}:{server.rest_port}/act (OpenVLA's deploy.py "
+                  "convention)", flush=True)
 
     server.serve_forever(on_ready=ready)
     print("vla-accel serve: stopped", file=sys.stderr)

@@ -5,7 +5,7 @@ success % with its Wilson 95% interval and episode count (from the eval jobs), r
 accelerated / unaccelerated on the same episodes (same suite, task, init state and seed), policy Hz,
 speedup, FLOPs ratio, deadline misses.
 
-Where speed numbers come from (design.md, "Honest measurement"):
+Where speed numbers come from (a speedup is only claimed when measured interleaved in one process):
 - bench.json (`vla-accel bench`: every configuration timed interleaved in ONE process): Hz, p50
   latency and the speedup over the unaccelerated baseline. `speed_source` = "bench (interleaved)".
 - otherwise the eval jobs' timing blocks: Hz is shown, and the speedup is the ratio of two separate

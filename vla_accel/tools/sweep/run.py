@@ -38,6 +38,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from rich.console import Console
 
+from vla_accel.conf import register_configs
 from vla_accel.tools.sweep.spec import BASELINE, MultirunPart, SweepSpec
 
 CONFIG_MODULE = "vla_accel.conf"
@@ -60,16 +61,24 @@ def split_args(args: list[str]) -> tuple[list[str], list[str], list[str]]:
     return sweep, other, bench
 
 
+def hydra_error(e: Exception) -> str:
+    """Hydra's composition error with the first line of its cause: "Error merging override sweep.n_jobs=true
+    (Value 'True' of type 'bool' could not be converted to Integer)", as Hydra itself prints both."""
+    cause = str(e.__cause__ or "").strip()
+    return f"{e} ({cause.splitlines()[0]})" if cause else str(e)
+
+
 def compose_sweep(sweep_args: list[str]) -> tuple[SweepSpec, str | None]:
     """(the SweepSpec of conf/sweep.yaml + overrides, sweep.output_dir); ValueError on any bad value."""
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
 
+    register_configs()
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
             cfg = compose(config_name="sweep", overrides=sweep_args)
     except HydraException as e:
-        raise ValueError(f"sweep config: {e}") from e
+        raise ValueError(f"sweep config: {hydra_error(e)}") from e
     node = OmegaConf.to_container(cfg.sweep, resolve=True)
     output_dir = node.pop("output_dir", None)
     return SweepSpec.from_config(node), output_dir
@@ -96,13 +105,14 @@ def preflight(spec: SweepSpec, eval_args: list[str]) -> None:
     from vla_accel.policies.common.factory import REPO_ROOT, resolve_path
 
     job_args = [a for a in eval_args if not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    register_configs()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
         for point in spec.points():
             try:
                 layer = spec.prune_layer_overrides("accel") if point.keep_ratio is not None else ()
                 cfg = compose(config_name="eval", overrides=[*job_args, *point.overrides(), *layer])
             except HydraException as e:
-                raise ValueError(f"eval config of {point.label!r}: {e}") from e
+                raise ValueError(f"eval config of {point.label!r}: {hydra_error(e)}") from e
             ev._check_eval_cfg(cfg.eval)  # what `vla-accel eval` itself checks first
             ev.rollout_timing(cfg)
             ev.plan_episodes(cfg)  # unknown suite or task id -> ValueError listing the valid ones

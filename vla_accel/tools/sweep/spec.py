@@ -1,7 +1,8 @@
 """What a budget sweep runs: accel presets x keep ratios x layer-skip settings, plus the baseline.
 
-A :class:`SweepSpec` comes from the `sweep` config (conf/sweep.yaml + a preset in conf/sweep/) and is
-checked whole in ``__post_init__``, before anything runs. :meth:`SweepSpec.points` lists every
+A :class:`SweepSpec` comes from the `sweep` config (conf/sweep.yaml + a preset in conf/sweep/), whose
+types Hydra checks at compose (sweep_config.SweepSchema); ``__post_init__`` checks the rest, before
+anything runs. :meth:`SweepSpec.points` lists every
 configuration once; :meth:`SweepSpec.multirun_parts` turns them into the Cartesian blocks a Hydra
 multirun can express (Hydra's basic sweeper only takes products, and a keep ratio means nothing for
 presets that do not prune, such as `none` and `vla_cache`, so those run once per skip setting).
@@ -9,8 +10,6 @@ presets that do not prune, such as `none` and `vla_cache`, so those run once per
 
 from __future__ import annotations
 
-import difflib
-import importlib.resources
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,15 +17,17 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from vla_accel.accel.preset_config import load_preset, preset_names
+from vla_accel.registry import did_you_mean
+from vla_accel.tools.sweep.sweep_config import typed
+
 BASELINE = "none"  # the accel preset that runs the policy unaccelerated
 LAUNCHERS = ("basic", "joblib", "ray")  # Hydra launcher plugins a sweep can hand its eval jobs to
 
 
 def accel_presets() -> dict[str, dict]:
-    """{preset name: its flat config} for every conf/accel/*.yaml of the installed package."""
-    root = importlib.resources.files("vla_accel.conf") / "accel"
-    return {p.name[: -len(".yaml")]: OmegaConf.to_container(OmegaConf.load(str(p)))
-            for p in sorted(root.iterdir(), key=lambda p: p.name) if p.name.endswith(".yaml")}
+    """{preset name: its flat config, as the `accel` group composes it} for every conf/accel/*.yaml."""
+    return {name: load_preset(name) for name in preset_names()}
 
 
 def prunes(preset: Mapping[str, Any]) -> bool:
@@ -80,11 +81,6 @@ class MultirunPart:
     subdir: str  # hydra.sweep.subdir: readable job folders, unique within the block
 
 
-def _did_you_mean(name: str, valid: Sequence[str]) -> str:
-    close = difflib.get_close_matches(str(name), list(valid), n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
 def _duplicates(items: Sequence) -> list:
     seen, dup = set(), []
     for x in items:
@@ -125,14 +121,13 @@ class SweepSpec:
     presets: Mapping[str, dict] = field(default_factory=accel_presets, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        methods = _as_list("sweep.methods", self.methods)
-        ratios = _as_list("sweep.keep_ratios", self.keep_ratios)
-        skips = _as_list("sweep.skip_layers", self.skip_layers)
+        # the types come from the schema (SweepSchema, at compose or in from_config); these are the rest
+        methods, ratios, skips = list(self.methods), list(self.keep_ratios), list(self.skip_layers)
         if not methods:
             raise ValueError(f"sweep.methods is empty; list accel presets from: {sorted(self.presets)}")
         for m in methods:
             if m not in self.presets:
-                raise ValueError(f"sweep.methods: unknown accel preset {m!r}.{_did_you_mean(m, self.presets)} "
+                raise ValueError(f"sweep.methods: unknown accel preset {m!r}.{did_you_mean(m, self.presets)} "
                                  f"Valid: {sorted(self.presets)}")
         if dup := _duplicates(methods):
             raise ValueError(f"sweep.methods lists {dup} more than once: {methods}")
@@ -141,7 +136,7 @@ class SweepSpec:
                              f"{[m for m in methods if prunes(self.presets[m])]} need at least one keep ratio")
         clean_ratios = []
         for r in ratios:
-            if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or not 0.0 < r <= 1.0:
+            if not math.isfinite(r) or not 0.0 < r <= 1.0:
                 raise ValueError(f"sweep.keep_ratios: every ratio must be a number in (0, 1], got {r!r} in {ratios}")
             clean_ratios.append(float(r))
         if dup := _duplicates(clean_ratios):
@@ -150,8 +145,9 @@ class SweepSpec:
             raise ValueError("sweep.skip_layers is empty; use [[]] for no layer skipping")
         clean_skips = []
         for s in skips:
-            layers = _as_list("sweep.skip_layers entry", s)
-            if any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in layers) or _duplicates(layers):
+            layers = list(s)
+            # a bool passes OmegaConf's element check of a nested List[List[int]] (isinstance): not here
+            if any(isinstance(x, bool) or x < 0 for x in layers) or _duplicates(layers):
                 raise ValueError(f"sweep.skip_layers: each entry is a list of distinct layer indices >= 0, "
                                  f"got {s!r}")
             clean_skips.append(tuple(sorted(layers)))
@@ -159,32 +155,31 @@ class SweepSpec:
             raise ValueError(f"sweep.skip_layers lists {[list(d) for d in dup]} more than once")
         if self.launcher not in LAUNCHERS:
             raise ValueError(f"sweep.launcher must be one of {list(LAUNCHERS)}, got {self.launcher!r}"
-                             f"{_did_you_mean(self.launcher, LAUNCHERS)}")
-        if self.n_jobs is not None and (isinstance(self.n_jobs, bool) or not isinstance(self.n_jobs, int)
-                                        or self.n_jobs == 0):
+                             f"{did_you_mean(self.launcher, LAUNCHERS)}")
+        if self.n_jobs == 0:
             raise ValueError(f"sweep.n_jobs must be null or a non-zero integer (joblib's n_jobs), got {self.n_jobs!r}")
         for o in self.eval_overrides:
-            if not isinstance(o, str) or "=" not in o:
+            if "=" not in o:
                 raise ValueError(f"sweep.eval_overrides holds Hydra overrides like 'env=goal', got {o!r}")
             if o.lstrip("+~").split("=", 1)[0].split(".")[0] in ("accel", "hydra/launcher"):
                 raise ValueError(f"sweep.eval_overrides: {o!r} -- the sweep sets accel and the launcher itself; "
                                  "use sweep.methods / sweep.keep_ratios / sweep.skip_layers / sweep.launcher")
-        if self.prune_layer is not None and (isinstance(self.prune_layer, bool) or not isinstance(self.prune_layer, int)
-                                             or self.prune_layer < 0):
+        if self.prune_layer is not None and self.prune_layer < 0:
             raise ValueError(f"sweep.prune_layer must be null or an integer >= 0, got {self.prune_layer!r}")
         object.__setattr__(self, "methods", tuple(methods))
         object.__setattr__(self, "keep_ratios", tuple(clean_ratios))
         object.__setattr__(self, "skip_layers", tuple(clean_skips))
         for o in self.bench_overrides:
-            if not isinstance(o, str) or not o.lstrip("+~").startswith("bench.") or "=" not in o:
+            if not o.lstrip("+~").startswith("bench.") or "=" not in o:
                 raise ValueError(f"sweep.bench_overrides holds bench.<key>=<value> overrides, got {o!r}")
         object.__setattr__(self, "eval_overrides", tuple(self.eval_overrides))
         object.__setattr__(self, "bench_overrides", tuple(self.bench_overrides))
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> SweepSpec:
-        """From the `sweep` node (a DictConfig or a dict); unknown keys raise."""
-        d = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+        """From the `sweep` node (composed through SweepSchema, or a dict: typed here by the same rules);
+        unknown keys raise."""
+        d = typed(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg))
         known = {"methods", "keep_ratios", "skip_layers", "launcher", "n_jobs", "ray_address", "bench",
                  "eval_overrides", "bench_overrides", "prune_layer"}
         if unknown := sorted(set(d) - known):
@@ -231,11 +226,3 @@ class SweepSpec:
                 tuple(p for p in self.points() if p.keep_ratio is not None),
                 "${accel.name}_keep${accel.keep_ratio}_${hydra.job.num}"))
         return parts
-
-
-def _as_list(what: str, value) -> list:
-    if value is None:
-        return []
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise ValueError(f"{what} must be a list, got {value!r}")
-    return list(value)

@@ -1,6 +1,6 @@
 """Time a policy config on this machine: training steps/s and single-observation inference latency.
 
-    python -m vla_accel.policies.benchmark --policy openvla_default --batch-size 16 --train-steps 8
+    python -m vla_accel.tools.train_speed --policy openvla_default --batch-size 16 --train-steps 8
 
 Builds the model from `conf/policy/<policy>.yaml` with random weights (the speed does not depend on
 them), trains on synthetic demos written to a temporary HDF5 file, and reports the median over the

@@ -1,0 +1,45 @@
+"""The schema of the `train` section of `vla-accel train` (conf/train.yaml): its keys, types and defaults.
+
+Hydra checks the types at compose; __post_init__ (run by ``validated(TrainSchema, cfg.train)`` in
+run_train) checks what types cannot say.
+"""
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from vla_accel.conf import store_schema
+
+
+@dataclass
+class TrainSchema:
+    steps: int = 6000
+    batch_size: int = 32
+    lr: float = 5.0e-4
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    augment: str = "random_crop"  # vla_accel.policies.data.AUGMENTATIONS
+    crop_area: float = 0.9
+    freeze_vlm: bool = False
+    init_vlm_from: Optional[str] = None
+    seed: int = 0
+    save_every: int = 1000
+    keep_checkpoints: int = 2
+    resume: bool = True
+    probe_every: int = 500  # 0 = off
+    probe_size: int = 32
+    standardizer_frames: int = 512
+    progress: bool = True
+    num_threads: int = 0  # 0 = torch's default
+
+    def __post_init__(self) -> None:
+        # imported here: the data module pulls in torch, which registering this schema must not
+        from vla_accel.policies.data import AUGMENTATIONS
+
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"unknown train.augment {self.augment!r}; valid: {AUGMENTATIONS}")
+
+
+store_schema("train", TrainSchema)
