@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,8 @@ BASE_VLMS = {"prism-dinosiglip-224px+7b": (("vit_large_patch14_reg4_dinov2.lvd14
                                            "no-align+fused-gelu-mlp")}
 # CogACT's DiT sizes: (hidden, depth) -> (name, heads). Heads cannot be read from the weights.
 DIT_SIZES = {(384, 6): ("DiT-S", 4), (768, 12): ("DiT-B", 12), (1024, 24): ("DiT-L", 16)}
-TOWERS = (("dino_featurizer.", "vision_backbone.featurizer."), ("siglip_featurizer.", "vision_backbone.fused_featurizer."))
+TOWERS = (("dino_featurizer.", "vision_backbone.featurizer."),
+          ("siglip_featurizer.", "vision_backbone.fused_featurizer."))
 PROJECTOR = {"projector.0.": "projector.fc1.", "projector.2.": "projector.fc2.", "projector.4.": "projector.fc3."}
 MISSING_LLAMA = ("a released CogACT checkpoint holds no Llama-2 tokenizer or LLM config (CogACT downloads them "
                  "from the gated meta-llama/Llama-2-7b-hf); pass tokenizer_path=<local Llama-2-7b-hf directory "
@@ -86,8 +88,8 @@ def read_pt(file: Path) -> dict[str, dict[str, torch.Tensor]]:
     """The four state dicts of the .pt, by torch's weights-only unpickler (no pickled code runs).
     mmap: a 30 GB file is paged in as the tensors are used, not read into memory first."""
     try:
-        data = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError) as e:
+        data = _weights_only_load(file)
+    except pickle.UnpicklingError as e:  # what the weights-only unpickler raises for anything else
         raise ValueError(f"{file}: refused -- it needs more than plain tensors and containers to unpickle "
                          f"(torch.load(weights_only=True) said: {str(e).splitlines()[0]})") from None
     if not isinstance(data, dict) or set(data) != {"model"} or not isinstance(data["model"], dict):
@@ -100,10 +102,21 @@ def read_pt(file: Path) -> dict[str, dict[str, torch.Tensor]]:
     if set(groups) != set(GROUPS):
         raise ValueError(f"{file}: expected the groups {list(GROUPS)}, got {list(groups)}")
     for name, sd in groups.items():
+        if not isinstance(sd, dict):
+            raise ValueError(f"{file}: group {name} is a {type(sd).__name__}, not a state dict")
         bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
         if bad:
             raise ValueError(f"{file}: {name} holds non-tensor entries {bad[:5]}")
     return {name: dict(groups[name]) for name in GROUPS}
+
+
+def _weights_only_load(file: Path) -> Any:
+    try:
+        return torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:  # a file torch cannot memory-map (an old format): read it whole instead
+        if "mmap" not in str(e):
+            raise
+        return torch.load(str(file), map_location="cpu", weights_only=True)
 
 
 def map_vision(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -141,7 +154,8 @@ def map_llm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def map_action_model(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """CogACT's DiT keys -> ours; a key of any other DiT design (adaLN, affine norms...) is named."""
     fixed = {"net.x_embedder.linear.": "action_model.x_embedder.", "net.z_embedder.linear.": "action_model.z_embedder.",
-             "net.t_embedder.mlp.": "action_model.t_embedder.mlp.", "net.final_layer.linear.": "action_model.final_proj.",
+             "net.t_embedder.mlp.": "action_model.t_embedder.mlp.",
+             "net.final_layer.linear.": "action_model.final_proj.",
              "net.blocks.": "action_model.blocks."}
     block_parts = ("attn.qkv.", "attn.proj.", "mlp.fc1.", "mlp.fc2.")
     out, unknown = {}, []
@@ -191,9 +205,11 @@ def dit_fields(w: dict[str, torch.Tensor], cfg: dict[str, Any], llm_hidden: int,
                          "binarisation is defined for its 7-D actions only")
     out_dim = w["action_model.final_proj.weight"].shape[0]
     if out_dim != action_dim:
-        raise ValueError(f"final_layer outputs {out_dim} channels for {action_dim}-D actions (learn_sigma is not supported)")
+        raise ValueError(f"final_layer outputs {out_dim} channels for {action_dim}-D actions "
+                         "(learn_sigma is not supported)")
     if w["action_model.z_embedder.weight"].shape[1] != llm_hidden:
-        raise ValueError(f"z_embedder takes {w['action_model.z_embedder.weight'].shape[1]} inputs, the LLM gives {llm_hidden}")
+        raise ValueError(f"z_embedder takes {w['action_model.z_embedder.weight'].shape[1]} inputs, "
+                         f"the LLM gives {llm_hidden}")
     mlp = w["action_model.blocks.0.mlp.fc1.weight"].shape[0]
     return {"chunk_size": future + 1, "action_dim": action_dim, "dit_width": width, "dit_depth": depth,
             "dit_heads": dit_num_heads(width, depth, cfg.get("action_model_type"), dit_heads),
@@ -212,7 +228,8 @@ def dit_num_heads(width: int, depth: int, named: str | None, dit_heads: int | No
         return heads
     if dit_heads is None:
         raise ValueError(f"the DiT (hidden {width}, {depth} blocks) is none of CogACT's "
-                         f"{sorted(n for n, _ in DIT_SIZES.values())}; its head count is not in the weights: pass dit_heads=")
+                         f"{sorted(n for n, _ in DIT_SIZES.values())}; its head count is not in the weights: "
+                         "pass dit_heads=")
     return int(dit_heads)
 
 
@@ -239,8 +256,8 @@ def load_release_tokenizer(tokenizer_path: str | Path | None) -> PreTrainedToken
 
 def read_llm_config(llm_config, tokenizer_path) -> dict[str, Any]:
     """llm_config: a dict, a config.json, or a directory holding one (default: tokenizer_path's)."""
-    if isinstance(llm_config, dict):
-        return dict(llm_config)
+    if isinstance(llm_config, Mapping):  # a dict, or a Hydra node given inline
+        return {str(k): v for k, v in llm_config.items()}
     source = llm_config if llm_config is not None else tokenizer_path
     if source is None:
         raise ValueError(MISSING_LLAMA)
@@ -342,7 +359,8 @@ def load_cogact_release(path: str | Path, runner=None, device=None, dtype=None, 
     wrong = [(k, tuple(t.shape), tuple(model.state_dict()[k].shape)) for k, t in state.items()
              if t.shape != model.state_dict()[k].shape]
     if wrong:
-        raise ValueError(f"CogACT checkpoint shapes differ from the model built for it (key, stored, ours): {wrong[:6]}")
+        raise ValueError(f"CogACT checkpoint shapes differ from the model built for it (key, stored, ours): "
+                         f"{wrong[:6]}")
     model.load_state_dict(state, strict=True, assign=True)
     del state
     float32_rotary(model)

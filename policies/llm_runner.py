@@ -4,7 +4,9 @@
 position ids cumsum(mask) - 1, and the left-padding mask carried in the cache object so that decode
 steps keep ignoring the pads. The accelerator swaps in its own runner with the same methods. Besides
 the LLM calls, the runner is the policy's seam for episode state: the policy hands it each frame's
-pixels on image encoding (`observe_frame`, VLA-Cache's input), and forks it for a new episode (`fork`).
+pixels on image encoding (`observe_frame`, VLA-Cache's input), answers whether it wants encoder attention
+maps (`encoder_attention_request`: a `vision.AttentionProbe` or None; the maps come back through
+`observe_encoder_attention`), and forks it for a new episode (`fork`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ class LLMRunner(Protocol):
 
     def observe_frame(self, pixel_values: Tensor, num_visual: int) -> None: ...
 
+    def encoder_attention_request(self) -> Any: ...
+
+    def observe_encoder_attention(self, maps: dict[int, Tensor]) -> None: ...
+
     def prefill(self, llm: LlamaForCausalLM, inputs_embeds: Tensor, attention_mask: Tensor,
                 visual_start: Tensor, num_visual: int, text_mask: Tensor) -> PrefillResult: ...
 
@@ -64,6 +70,12 @@ class HFRunner:
 
     def observe_frame(self, pixel_values: Tensor, num_visual: int) -> None:
         pass  # the plain forward needs nothing of the frame
+
+    def encoder_attention_request(self) -> None:
+        return None  # asks for no encoder attention: the vision tower runs its plain forward
+
+    def observe_encoder_attention(self, maps: dict[int, Tensor]) -> None:
+        pass
 
     def end_step(self) -> None:
         pass

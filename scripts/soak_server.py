@@ -1,6 +1,7 @@
 """Soak test of `vla-accel serve`: many control steps through a real server process on loopback.
 
     python scripts/soak_server.py --steps 10000 --preset cogact_tiny --accel vla_pruner --keep-ratio 0.5
+    python scripts/soak_server.py --steps 100000 --clients 4     # 4 concurrent clients, 25,000 steps each
 
 Starts `vla-accel serve` (a random-weight checkpoint of --preset unless --checkpoint is given) on
 127.0.0.1, then drives --steps control steps through `vla_accel.runtime.client.WebsocketClientPolicy`, one
@@ -9,7 +10,9 @@ n_action_steps; --mode infer: a model call every step), with a reset every --epi
 request carries a sequence number; a reply with another number counts as reordered, a request with no
 reply within --request-timeout as lost. Reports (and writes --out as JSON): server RSS at start (after
 warm-up and one episode) and end, round-trip latency percentiles per window of --window steps,
-errors. Bounded by --steps and --max-seconds.
+errors. With --clients N, N clients (threads, each its own connection and episode) share --steps;
+the counts are summed, the RSS is the server's at the first client's first episode end and at the end.
+Bounded by --steps and --max-seconds.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-seconds", type=float, default=1800)
     ap.add_argument("--request-timeout", type=float, default=60)
     ap.add_argument("--torch-threads", type=int, default=1)
+    ap.add_argument("--clients", type=int, default=1)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.steps < 1 or args.window < 1 or args.episode_steps < 1:
@@ -65,11 +69,11 @@ def main(argv: list[str] | None = None) -> int:
             overrides += [f"accel.keep_ratio={args.keep_ratio}", f"accel.prune_layer={args.prune_layer}"]
         server = ServerProcess(overrides, Path(tmp) / "run")
         server.start()
-        report = {"command": " ".join(sys.argv), "serve_overrides": overrides, "preset": args.preset, "random_weights": args.checkpoint is None,
+        report = {"command": " ".join(sys.argv), "clients": args.clients, "serve_overrides": overrides, "preset": args.preset, "random_weights": args.checkpoint is None,
                   "accel": args.accel, "keep_ratio": args.keep_ratio, "mode": args.mode,
                   "episode_steps": args.episode_steps, "server_pid": server.pid}
         try:
-            report.update(soak(server, args))
+            report.update(soak(server, args) if args.clients == 1 else soak_concurrent(server, args))
         finally:
             report["server_exit_code"] = server.stop()
     print(json.dumps(report, indent=1))
@@ -110,7 +114,7 @@ def soak(server: ServerProcess, args) -> dict:
             reordered += "out of order" in str(e)
             errors += "out of order" not in str(e)
             continue
-        except TimeoutError:
+        except TimeoutError:  # RequestTimeout: no reply in time (the client stays usable)
             lost += 1
             continue
         rt = (time.perf_counter() - t0) * 1e3
@@ -144,6 +148,36 @@ def soak(server: ServerProcess, args) -> dict:
             "server_rss_mb": {"start": rss_start, "end": rss_end,
                                                                "growth": None if rss_start is None else rss_end - rss_start},
             "windows": windows}
+
+
+def soak_concurrent(server: ServerProcess, args) -> dict:
+    """--clients soaks at once, --steps shared; summed counts, the server's RSS growth over the whole run."""
+    import copy
+    import threading
+
+    parts: list[dict] = [None] * args.clients
+    mine = copy.copy(args)
+    mine.steps = args.steps // args.clients
+
+    def run(i: int) -> None:
+        parts[i] = soak(server, mine)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(args.clients)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - t0
+    rss_end = server.rss_mb()
+    rss_start = parts[0]["server_rss_mb"]["start"]
+    out = {k: sum(p[k] for p in parts) for k in ("steps_done", "lost", "reordered", "errors", "reconnects",
+                                                  "model_calls", "pruned_calls")}
+    out.update(steps_requested=args.steps, wall_s=wall, steps_per_s=out["steps_done"] / wall,
+               server_rss_mb={"start": rss_start, "end": rss_end, "growth": rss_end - rss_start,
+                              "growth_pct": 100 * (rss_end - rss_start) / rss_start},
+               per_client_windows=[p["windows"] for p in parts])
+    return out
 
 
 if __name__ == "__main__":

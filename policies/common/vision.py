@@ -101,6 +101,79 @@ class ViTConfig:
         return asdict(self)
 
 
+PROBE_KINDS = ("cls", "received")
+
+
+@dataclass
+class AttentionProbe:
+    """A request for encoder attention maps, filled in by one forward of the vision backbone.
+
+    layers:  encoder blocks, 0-indexed; a negative index counts back from the last block that runs
+             (-1 = the feature layer, whose output the projector reads). Blocks after the feature layer
+             never run, so they cannot be probed.
+    kind:    "cls": the class token's head-averaged attention to each patch (FasterVLM / VTC-CLS; needs
+             ``class_token``); "received": the head-averaged attention each patch receives, averaged over
+             every query token of the block (HiPrune; any encoder).
+    encoder: which encoder of a fused backbone (0 = ``featurizer``: DINOv2 in OpenVLA, the one with a
+             class token; 1 = ``fused_featurizer``: SigLIP, none).
+    maps:    the result, each request entry (as given: a ``layers`` int or a ``relative`` float) ->
+             (B, P) float32, patches in raster order.
+
+    Nothing is computed unless a probe is passed: the plain forward is untouched.
+    """
+
+    layers: tuple[int, ...]
+    kind: str = "cls"
+    encoder: int = 0
+    # more blocks given by relative depth f in (0, 1]: block round(f * depth) - 1 (1-indexed layer f * depth
+    # of the paper's encoder), clipped to the blocks that run -- for a paper layer in an encoder of any depth
+    relative: tuple[float, ...] = ()
+    clip: bool = False  # drop ``layers`` that do not run (an ensemble over "the last n blocks") instead of failing
+    maps: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in PROBE_KINDS:
+            raise ValueError(f"attention probe kind must be one of {list(PROBE_KINDS)}, got {self.kind!r}")
+        if self.encoder not in (0, 1):
+            raise ValueError(f"attention probe encoder must be 0 or 1, got {self.encoder}")
+        self.layers = tuple(int(x) for x in self.layers)
+
+    def resolve(self, cfg: ViTConfig) -> dict[int, list]:
+        """{block that runs: the request entries it answers}; a clear error if an entry does not run (unless
+        ``clip``) or the kind needs a class token the encoder lacks."""
+        run = cfg.last_block + 1
+        if self.kind == "cls" and not cfg.class_token:
+            raise ValueError(f"[CLS] attention needs an encoder with a class token; encoder {self.encoder} "
+                             f"(ViT width {cfg.width}, depth {cfg.depth}) has class_token=False")
+        layers = [x for x in self.layers if -run <= x < run] if self.clip else list(self.layers)
+        bad = [x for x in layers if not -run <= x < run]
+        if bad or not (layers or self.relative):
+            raise ValueError(f"encoder attention layers {bad or list(self.layers)} do not run in encoder "
+                             f"{self.encoder}: it runs blocks 0..{run - 1} (feature_layer={cfg.feature_layer}); "
+                             f"valid -{run}..{run - 1}")  # fmt: skip
+        blocks: dict[int, list] = {}
+        for key in layers:
+            blocks.setdefault(key % run, []).append(key)
+        for f in self.relative:
+            blocks.setdefault(min(run - 1, max(0, round(f * cfg.depth) - 1)), []).append(f)
+        return blocks
+
+
+def patch_attention(block: "Block", x: torch.Tensor, kind: str, num_prefix: int) -> torch.Tensor:
+    """(B, P) float32 head-averaged attention of ``block`` on its input ``x`` (B, prefix + P, D): the class
+    token's row (kind "cls") or the mean over all queries (kind "received"), over the patch keys only.
+    Recomputed from the block's own norm1 and qkv -- the block itself keeps its SDPA."""
+    attn = block.attn
+    b, n, d = x.shape
+    hd = d // attn.num_heads
+    qkv = attn.qkv(block.norm1(x)).reshape(b, n, 3, attn.num_heads, hd)
+    q, k = qkv[:, :, 0].transpose(1, 2).float(), qkv[:, :, 1].transpose(1, 2).float()  # (B, H, N, hd)
+    if kind == "cls":
+        q = q[:, :, :1]  # only the class token's row is needed
+    probs = torch.softmax(q @ k.transpose(-1, -2) * hd**-0.5, dim=-1)  # (B, H, Q, N)
+    return probs.mean(dim=(1, 2))[:, num_prefix:]
+
+
 class PatchEmbed(nn.Module):
     """`proj` turns the image (or, with the conv stem, the stem's feature map) into one token per
     patch_size x patch_size pixels."""
@@ -215,10 +288,17 @@ class ViTEncoder(nn.Module):
             return torch.cat(self._prefix(b) + [x + self.pos_embed], dim=1)
         return torch.cat(self._prefix(b) + [x], dim=1) + self.pos_embed
 
-    def forward(self, pixel_values: torch.Tensor, film: list | None = None) -> torch.Tensor:
-        """film: per block that runs, (scale, shift) of shape (B, D) applied to its output (film.py)."""
+    def forward(self, pixel_values: torch.Tensor, film: list | None = None,
+                probe: AttentionProbe | None = None) -> torch.Tensor:
+        """film: per block that runs, (scale, shift) of shape (B, D) applied to its output (film.py).
+        probe: which blocks' attention to record into ``probe.maps`` (an accelerator asked for it); the
+        features are the same operations either way, so they do not change by a bit."""
         x = self.embed(pixel_values)
+        wanted = probe.resolve(self.cfg) if probe is not None else {}
         for i, block in enumerate(self.blocks[: self.cfg.last_block + 1]):
+            if i in wanted:
+                m = patch_attention(block, x, probe.kind, self.cfg.num_prefix_tokens)
+                probe.maps.update(dict.fromkeys(wanted[i], m))
             x = block(x)
             if film is not None:
                 scale, shift = film[i]
@@ -245,11 +325,21 @@ class VisionBackbone(nn.Module):
         self.embed_dim = sum(e.width for e in encoders)
         self.num_patches = encoders[0].num_patches
 
-    def forward(self, pixel_values: torch.Tensor, film: list | None = None) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, film: list | None = None,
+                probe: AttentionProbe | None = None) -> torch.Tensor:
         """pixel_values (B, 3 * n_encoders, H, W), each encoder's normalisation stacked on channels
-        (OpenVLA's layout) -> (B, P, sum of widths). film: per encoder, its blocks' modulation."""
+        (OpenVLA's layout) -> (B, P, sum of widths). film: per encoder, its blocks' modulation.
+        probe: record the attention maps of encoder ``probe.encoder`` (``AttentionProbe``)."""
         film = film if film is not None else [None, None]
+        probes = [None, None]
+        if probe is not None:
+            probes[probe.encoder] = probe
         if self.fused_featurizer is None:
-            return self.featurizer(pixel_values, film[0])
+            return self.featurizer(pixel_values, film[0], probes[0])
         img, img_fused = torch.split(pixel_values, [3, 3], dim=1)
-        return torch.cat([self.featurizer(img, film[0]), self.fused_featurizer(img_fused, film[1])], dim=2)
+        return torch.cat([self.featurizer(img, film[0], probes[0]),
+                          self.fused_featurizer(img_fused, film[1], probes[1])], dim=2)
+
+    def encoder_configs(self) -> list[ViTConfig]:
+        encoders = [self.featurizer] + ([self.fused_featurizer] if self.fused_featurizer is not None else [])
+        return [e.cfg for e in encoders]

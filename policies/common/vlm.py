@@ -151,11 +151,16 @@ class VLMBase(nn.Module):
         film_cond: `film_condition(batch)`, needed when config.text_film."""
         b, n_cam = pixel_values.shape[:2]
         self.runner.observe_frame(pixel_values, self.config.num_visual_tokens)  # the runner seam's frame hook
-        visual = self.projector(self.vision_features(pixel_values, film_cond))  # (B * n_cam, P, D)
+        probe = self.runner.encoder_attention_request()  # None unless a pruning method reads encoder attention
+        visual = self.projector(self.vision_features(pixel_values, film_cond, probe))  # (B * n_cam, P, D)
+        if probe is not None:  # (B * n_cam, P) per block -> (B, M), in the visual tokens' order
+            self.runner.observe_encoder_attention({i: m.reshape(b, -1) for i, m in probe.maps.items()})
         return visual.reshape(b, n_cam * visual.shape[1], visual.shape[2])
 
-    def vision_features(self, pixel_values: torch.Tensor, film_cond: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, n_cameras, C, S, S) -> the vision backbone's patch features (B * n_cameras, P, Dv)."""
+    def vision_features(self, pixel_values: torch.Tensor, film_cond: torch.Tensor | None = None,
+                        probe=None) -> torch.Tensor:
+        """(B, n_cameras, C, S, S) -> the vision backbone's patch features (B * n_cameras, P, Dv).
+        probe: a vision.AttentionProbe whose maps this forward fills (the runner's request)."""
         n_cam = pixel_values.shape[1]
         film = None
         if self.vision_film is not None:
@@ -163,7 +168,7 @@ class VLMBase(nn.Module):
                 raise ValueError("this model conditions its vision tower on the instruction (text_film): "
                                  "pass film_cond=model.film_condition(prompt_batch)")
             film = self.vision_film(film_cond.to(self.dtype).repeat_interleave(n_cam, dim=0))
-        return self.vision_backbone(pixel_values.flatten(0, 1).to(self.dtype), film)
+        return self.vision_backbone(pixel_values.flatten(0, 1).to(self.dtype), film, probe)
 
     def film_condition(self, batch: PromptBatch) -> torch.Tensor | None:
         """The instruction embedding the vision tower is conditioned on (None without text_film)."""

@@ -34,6 +34,19 @@ COMPOSED_BEFORE = {
                    "params": {"window": 3, "gamma": 0.8, "semantic_queries": "all",
                               "temporal_order": "newest_first", "action_layer": None}},
 }
+# The seed papers' presets, added after the base existed (their composed values, for the same checks).
+COMPOSED_BEFORE.update({
+    "fastervlm": {**_OFF, "name": "fastervlm", "method": "fastervlm", "keep_ratio": 0.25, "prune_layer": 0,
+                  "params": {"encoder_layer": -1, "encoder": 0}},
+    "vtc_cls": {**_OFF, "name": "vtc_cls", "method": "vtc_cls", "keep_ratio": 0.25, "prune_layer": 0,
+                "params": {"start_layer": -4, "encoder": 0}},
+    "todre": {**_OFF, "name": "todre", "method": "todre", "keep_ratio": 0.05, "prune_layer": 0,
+              "params": {"relevance_keep": 0.5, "relevance_layer": None}},
+    "feather": {**_OFF, "name": "feather", "method": "feather", "keep_ratio": 0.09,
+                "params": {"stride": 3, "second_layer": None, "rope_free": True}},
+    "hiprune": {**_OFF, "name": "hiprune", "method": "hiprune", "keep_ratio": 0.333, "prune_layer": 0,
+                "params": {"alpha": 0.1, "object_layer": 0.375, "score": "received", "encoder": 0}},
+})
 
 
 @pytest.mark.parametrize("app", ["eval", "serve"])

@@ -414,12 +414,13 @@ def test_select_action_ensembles_as_cogacts_simulation_scripts(release):
 
 
 # --- the accelerator on the loaded model -----------------------------------------------------------
-def test_token_pruning_layer_skipping_and_head_cache_work_on_the_loaded_model(release, policy):
+def test_token_pruning_layer_skipping_and_head_cache_work_on_the_loaded_model(release):
     from vla_accel.accel.accelerate import accelerate
     from vla_accel.accel.config import AccelConfig
     from vla_accel.accel.head_cache import head_cache
 
-    _, llama, groups, _ = release
+    ckpt, llama, groups, _ = release
+    policy = CogACTPolicy.from_pretrained(ckpt, tokenizer_path=llama, dit_heads=DIT_HEADS)  # its own runner
     noise = torch.randn(1, CHUNK, 7, generator=torch.Generator().manual_seed(2))
     accelerate(policy, "none")
     ref = policy.predict_action_chunk(obs(), noise=noise, unnorm_key="bridge_orig")

@@ -77,3 +77,32 @@ def test_feature_norm_applies_the_final_layernorm_to_the_patch_features():
     with torch.no_grad():
         expected = plain.featurizer.norm(plain(x))
         torch.testing.assert_close(normed(x), expected)
+
+
+def test_attention_probe_leaves_the_features_bit_identical_and_gives_the_cls_row():
+    from vla_accel.policies.common.vision import AttentionProbe
+
+    torch.manual_seed(0)
+    backbone = VisionBackbone([vit(feature_layer=-2, reg_tokens=2), vit(class_token=False, no_embed_class=True)])
+    x = torch.rand(2, 6, 32, 32)
+    with torch.no_grad():
+        plain = backbone(x)
+        probe = AttentionProbe(layers=(-1, 0), kind="cls")
+        probed = backbone(x, probe=probe)
+    assert torch.equal(plain, probed) and set(probe.maps) == {-1, 0}
+    # an independent recompute of block 1's (= -1 of the 2 blocks that run) [CLS] row
+    enc = backbone.featurizer
+    with torch.no_grad():
+        h = enc.blocks[0](enc.embed(x[:, :3]))
+        qkv = enc.blocks[1].attn.qkv(enc.blocks[1].norm1(h)).reshape(2, 19, 3, 2, 16)
+        q, k = qkv[:, :, 0], qkv[:, :, 1]  # (B, N, H, hd)
+        probs = torch.einsum("bhd,bnhd->bhn", q[:, 0], k).div(4.0).softmax(-1)  # scale 16 ** -0.5
+    torch.testing.assert_close(probe.maps[-1], probs.mean(1)[:, 3:])  # 1 class + 2 register tokens skipped
+    received = AttentionProbe(layers=(0,), kind="received", encoder=1)
+    with torch.no_grad():
+        backbone(x, probe=received)
+    assert received.maps[0].shape == (2, 16)
+    with pytest.raises(ValueError, match="class_token=False"):
+        backbone(x, probe=AttentionProbe(layers=(0,), kind="cls", encoder=1))
+    with pytest.raises(ValueError, match="do not run"):
+        backbone(x, probe=AttentionProbe(layers=(2,)))  # feature_layer=-2: block 2 never runs

@@ -50,6 +50,7 @@ def accelerate(policy: Any, config: AccelConfig | Mapping[str, Any] | str | None
     num_visual = getattr(getattr(policy, "config", None), "num_visual_tokens", None)
     if cfg.pruning is not None and num_visual is not None:
         cfg.pruning.budget(int(num_visual))  # keep_tokens > M fails now, not at the first prefill
+    _check_encoder_probe(policy, runner, cfg)
     if cfg.head_cache is not None:
         require_dit_head(policy, "the diffusion-head cache", fix="set head_cache_interval to 1")
     # every check passed: now change the policy
@@ -60,3 +61,20 @@ def accelerate(policy: Any, config: AccelConfig | Mapping[str, Any] | str | None
     policy.accel_config = cfg
     policy.reset()  # a new runner starts a new episode
     return policy
+
+
+def _check_encoder_probe(policy: Any, runner: AcceleratedRunner, cfg: AccelConfig) -> None:
+    """A method that reads the vision encoder's attention (FasterVLM's [CLS], HiPrune's layers) must find
+    that encoder and those blocks in the policy: refused now, naming the policy's encoder."""
+    probe = runner.encoder_attention_request()
+    if probe is None:
+        return
+    encoders = getattr(getattr(policy, "config", None), "vision", None) or []
+    if probe.encoder >= len(encoders):
+        raise ValueError(f"{cfg.pruning.method} reads vision encoder {probe.encoder}, but {type(policy).__name__} "
+                         f"has {len(encoders)} encoder(s) (config.vision)")  # fmt: skip
+    try:
+        probe.resolve(encoders[probe.encoder])
+    except ValueError as err:
+        raise ValueError(f"{cfg.pruning.method} cannot run on {type(policy).__name__}: its vision encoder "
+                         f"config.vision[{probe.encoder}] cannot give what it reads ({err})") from None

@@ -20,8 +20,9 @@ def check_values(t: Tensor) -> bool:
     return DEBUG or t.device.type == "cpu"
 
 
-def check_selection(kept: Tensor, batch: int, budget: int, num_visual: int) -> Tensor:
-    """A pruning method's (B, M~) kept indices: the right shape, in [0, M), strictly increasing per row."""
+def check_selection(kept: Tensor, batch: int, budget: int, num_visual: int, candidates: Tensor | None = None) -> Tensor:
+    """A pruning method's (B, M~) kept indices: the right shape, in [0, M), strictly increasing per row,
+    and (a later pruning stage) a subset of the ``candidates`` (B, C) the previous stage kept."""
     if kept.shape != (batch, budget):
         raise ValueError(f"pruning method returned shape {tuple(kept.shape)}, expected {(batch, budget)}")
     if check_values(kept):
@@ -29,6 +30,8 @@ def check_selection(kept: Tensor, batch: int, budget: int, num_visual: int) -> T
             raise ValueError(f"pruning method returned indices outside [0, {num_visual})")
         if budget > 1 and not bool((kept[:, 1:] > kept[:, :-1]).all()):
             raise ValueError("pruning method must return strictly increasing (sorted, unique) indices per row")
+        if candidates is not None and not bool((kept[..., None] == candidates[:, None, :]).any(-1).all()):
+            raise ValueError("a later pruning stage must keep a subset of the previous stage's tokens")
     return kept.long()
 
 

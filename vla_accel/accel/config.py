@@ -208,6 +208,11 @@ class LayerPlan:
     score_layer:  the executed layer whose attention ranks the tokens (the last executed layer before K)
     action_layer: the layer whose attention to the visual tokens is captured for the action score, or None
     relevance_layer: the layer whose text -> vision attention marks VLA-Cache's task-relevant tokens, or None
+    stage_layers: K of every pruning stage (multi-stage methods: FEATHER, ToDRE, TransPrune), ascending;
+                  ``prune_layer`` is the first
+    score_layers: per stage, the executed layer its attention is read at (the last executed one before
+                  K_s), or None for a stage that reads no LLM attention
+    transition_layers: the layers whose visual-token transitions the method scores (TransPrune)
     """
 
     num_layers: int
@@ -216,6 +221,9 @@ class LayerPlan:
     score_layer: int | None
     action_layer: int | None
     relevance_layer: int | None = None
+    stage_layers: tuple[int, ...] = ()
+    score_layers: tuple[int | None, ...] = ()
+    transition_layers: tuple[int, ...] = ()
 
 
 def resolve_plan(config: AccelConfig, num_layers: int) -> LayerPlan:
@@ -223,8 +231,11 @@ def resolve_plan(config: AccelConfig, num_layers: int) -> LayerPlan:
     skipped = config.layer_skip.resolve(num_layers) if config.layer_skip else ()
     executed = tuple(x for x in range(num_layers) if x not in skipped)
     prune_layer = score_layer = action_layer = relevance_layer = None
+    stages: dict = {}
     if config.pruning is not None:
-        prune_layer, score_layer, action_layer = _pruning_layers(config.pruning, num_layers, skipped, executed)
+        stages = _pruning_layers(config.pruning, num_layers, skipped, executed)
+        prune_layer, score_layer = stages["stage_layers"][0], stages["score_layers"][0]
+        action_layer = stages.pop("action_layer")
     if config.reuse is not None:
         relevance_layer = config.reuse.relevance_layer
         if relevance_layer is None:
@@ -234,35 +245,54 @@ def resolve_plan(config: AccelConfig, num_layers: int) -> LayerPlan:
                 f"vla_cache: relevance_layer={relevance_layer} must be an executed layer of the "
                 f"{num_layers}-layer model"
             )
-    return LayerPlan(num_layers, executed, prune_layer, score_layer, action_layer, relevance_layer)
+    return LayerPlan(num_layers, executed, prune_layer, score_layer, action_layer, relevance_layer, **stages)
 
 
 def _middle_layer(num_layers: int) -> int:
     return max(0, num_layers // 2 - 1)  # layer 15 of 32, where VLA-Pruner's and VLA-Cache's code read attention
 
 
-def _pruning_layers(pruning: TokenPruningConfig, num_layers: int, skipped, executed):
-    """(K, the score layer K-1 or None, the action layer or None), validated."""
+def _pruning_layers(pruning: TokenPruningConfig, num_layers: int, skipped, executed) -> dict:
+    """{stage_layers, score_layers, transition_layers, action_layer}, validated. Each stage s prunes
+    before layer K_s; one that ranks by attention reads it at the last executed layer before K_s."""
     cls = method_class(pruning.method)
-    k = pruning.prune_layer
-    if k >= num_layers:
+    method = cls(**pruning.params)
+    ks = tuple(int(k) for k in method.stage_layers(pruning.layer, num_layers))
+    if any(b <= a for a, b in zip(ks, ks[1:])):
+        raise ValueError(f"token pruning: {pruning.method!r} stage layers {list(ks)} must be strictly increasing")
+    for k in ks:
+        if k >= num_layers:
+            raise ValueError(f"token pruning: layer K={k} is beyond the model's {num_layers} layers "
+                             f"(valid 0..{num_layers - 1})")  # fmt: skip
+    if not any(x >= ks[-1] for x in executed):
+        raise ValueError(f"token pruning: every layer from K={ks[-1]} on is skipped; nothing would run pruned")
+    score_layers = tuple(_score_layer(pruning.method, method.stage_queries(s), k, ks[s - 1] if s else 0,
+                                      skipped, executed) for s, k in enumerate(ks))  # fmt: skip
+    action_layer = _action_layer(pruning, ks[0], num_layers, skipped, executed) if cls.needs_action_attention else None
+    transitions = tuple(method.transition_layers(ks, num_layers))
+    bad = [x for x in transitions if x >= num_layers or x in skipped]
+    if bad:
+        raise ValueError(f"token pruning: transition layers {bad} are not executed layers of the {num_layers}-layer model")
+    return {"stage_layers": ks, "score_layers": score_layers, "transition_layers": transitions,
+            "action_layer": action_layer}  # fmt: skip
+
+
+def _score_layer(method: str, queries, k: int, previous_k: int, skipped, executed) -> int | None:
+    """The layer stage K=k reads its attention at: K-1, which must be executed (and, for a later stage,
+    after the previous stage's K, so that it sees only that stage's tokens)."""
+    if queries is None:
+        return None
+    if k == 0:
+        raise ValueError(f"token pruning: {method!r} ranks tokens by the attention at layer K-1, so K must be >= 1")
+    if k - 1 in skipped:
         raise ValueError(
-            f"token pruning: layer K={k} is beyond the model's {num_layers} layers (valid 0..{num_layers - 1})"
-        )
-    if not any(x >= k for x in executed):
-        raise ValueError(f"token pruning: every layer from K={k} on is skipped; nothing would run pruned")
-    if k == 0 and cls(**pruning.params).score_queries is not None:
-        raise ValueError(
-            f"token pruning: {pruning.method!r} ranks tokens by the attention at layer K-1, so K must be >= 1"
-        )
-    score_layer = k - 1 if k > 0 else None
-    if score_layer is not None and score_layer in skipped:
-        raise ValueError(
-            f"token pruning: the scores are read at layer K-1={score_layer}, which is skipped; "
+            f"token pruning: the scores are read at layer K-1={k - 1}, which is skipped; "
             "choose another K or keep that layer"
         )
-    action_layer = _action_layer(pruning, k, num_layers, skipped, executed) if cls.needs_action_attention else None
-    return k, score_layer, action_layer
+    if previous_k and k - 1 < previous_k:
+        raise ValueError(f"token pruning: {method!r} stage at K={k} reads layer {k - 1}, before the previous "
+                         f"stage's K={previous_k}")  # fmt: skip
+    return k - 1
 
 
 def _action_layer(pruning: TokenPruningConfig, k: int, num_layers: int, skipped, executed) -> int:

@@ -16,7 +16,7 @@ The pruning layer K (``prune_layer``) follows the one convention of
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 LAYER_FORMULA = "C(n) = 4*n*d^2 + 2*n^2*d + 3*n*d*m"
@@ -53,31 +53,46 @@ def _layers_run(shape: LLMShape, skip_layers: Iterable[int]) -> list[int]:
     return [i for i in range(shape.num_layers) if i not in skip]
 
 
-def prefill_flops(
-    shape: LLMShape, n: int, n_kept: int | None = None, prune_layer: int | None = None, skip_layers: Iterable[int] = ()
-) -> int:
-    """sum over the executed layers l of C(n_l): n_l = n for l < K, n_kept for l >= K (K = the layers that
-    see every token, ``TokenPruningConfig``); skipped layers cost nothing."""
+def tokens_at_layer(layer: int, n: int, stages: Sequence[tuple[int, int]] = ()) -> int:
+    """The prompt tokens layer ``layer`` sees: n, or the count after the last pruning stage (K_s, n_s)
+    with K_s <= layer (multi-stage pruning: each stage cuts the sequence again)."""
+    tokens = n
+    for k, n_after in stages:
+        if layer >= k:
+            tokens = n_after
+    return tokens
+
+
+def _stages(n_kept: int | None, prune_layer: int | None, stages) -> tuple[tuple[int, int], ...]:
     if (n_kept is None) != (prune_layer is None):
         raise ValueError("give both n_kept and prune_layer, or neither")
-    total = 0
-    for i in _layers_run(shape, skip_layers):
-        tokens = n if prune_layer is None or i < prune_layer else n_kept
-        total += layer_flops(tokens, shape.hidden, shape.mlp)
-    return total
+    if stages is not None:
+        if n_kept is not None:
+            raise ValueError("give stages or n_kept/prune_layer, not both")
+        return tuple(stages)
+    return () if prune_layer is None else ((prune_layer, n_kept),)
+
+
+def prefill_flops(
+    shape: LLMShape, n: int, n_kept: int | None = None, prune_layer: int | None = None, skip_layers: Iterable[int] = (),
+    stages: Sequence[tuple[int, int]] | None = None,
+) -> int:  # fmt: skip
+    """sum over the executed layers l of C(n_l): n_l = n for l < K, n_kept for l >= K (K = the layers that
+    see every token, ``TokenPruningConfig``); with ``stages`` [(K_s, n_s)], n_l = tokens_at_layer(l);
+    skipped layers cost nothing."""
+    plan = _stages(n_kept, prune_layer, stages)
+    return sum(layer_flops(tokens_at_layer(i, n, plan), shape.hidden, shape.mlp) for i in _layers_run(shape, skip_layers))
 
 
 def decode_flops(
     shape: LLMShape, n: int, step: int = 0, n_kept: int | None = None, prune_layer: int | None = None,
-    skip_layers: Iterable[int] = (),
+    skip_layers: Iterable[int] = (), stages: Sequence[tuple[int, int]] | None = None,
 ) -> int:  # fmt: skip
     """One decoded token, the ``step``-th after the prompt (0 = first): per executed layer
-    4*d^2 + 2*(c+1)*d + 3*d*m with c = (n or n_kept for pruned layers) + step cached tokens."""
-    total = 0
-    for i in _layers_run(shape, skip_layers):
-        cached = (n if prune_layer is None or i < prune_layer else n_kept) + step
-        total += decode_layer_flops(cached, shape.hidden, shape.mlp)
-    return total
+    4*d^2 + 2*(c+1)*d + 3*d*m with c = (the prompt tokens that layer cached) + step."""
+    plan = _stages(n_kept, prune_layer, stages)
+    return sum(decode_layer_flops(tokens_at_layer(i, n, plan) + step, shape.hidden, shape.mlp)
+               for i in _layers_run(shape, skip_layers))  # fmt: skip
 
 
 def vit_flops(num_layers: int, num_patches: int, hidden: int, mlp: int, mlp_matrices: int = 2) -> int:
@@ -113,14 +128,18 @@ def accelerated_prefill_flops(shape: LLMShape, accel_config, n: int, num_visual:
     "tokens_kept"}. Pruning is counted as active (VLA-Pruner's warm-up steps run at baseline cost)."""
     from vla_accel.accel.config import resolve_plan
 
+    from vla_accel.accel.pruning import build_method
+
     plan = resolve_plan(accel_config, shape.num_layers)
     skipped = [i for i in range(shape.num_layers) if i not in plan.executed]
-    n_kept = prune_layer = None
+    stages: tuple[tuple[int, int], ...] = ()
     kept_visual = num_visual
-    if accel_config.pruning is not None:
-        kept_visual = accel_config.pruning.budget(num_visual)
-        n_kept, prune_layer = n - num_visual + kept_visual, plan.prune_layer
+    pruning = accel_config.pruning
+    if pruning is not None:
+        kept_visual = pruning.budget(num_visual)
+        budgets = build_method(pruning.method, **pruning.params).stage_budgets(num_visual, kept_visual)
+        stages = tuple((k, n - num_visual + b) for k, b in zip(plan.stage_layers, budgets))
     base = prefill_flops(shape, n)
-    acc = prefill_flops(shape, n, n_kept, prune_layer, skipped)
+    acc = prefill_flops(shape, n, skip_layers=skipped, stages=stages)
     return {"formula": LAYER_FORMULA, "baseline": base, "accelerated": acc, "ratio": acc / base,
             "tokens_kept": kept_visual}  # fmt: skip

@@ -19,6 +19,7 @@ def query_attention(
     query_pos: Tensor,  # (B, Q) long, RoPE position ids of the queries
     keys: Tensor,  # (B, H_kv, S, hd) post-RoPE keys of this layer (from the KV cache)
     allowed: Tensor,  # (B, Q, S) bool, which keys each query may attend to (causal and padding)
+    rope: bool = True,  # False: the query is not rotated (pass un-rotated keys: ``unrotated_keys``; FEATHER)
 ) -> Tensor:
     """Head-averaged softmax attention of the queries over the S keys: (B, Q, S) float32.
 
@@ -29,10 +30,19 @@ def query_attention(
     B, Q, _ = hidden_in.shape
     h = layer.input_layernorm(hidden_in)
     q = attn.q_proj(h).view(B, Q, -1, attn.head_dim).transpose(1, 2)  # (B, H, Q, hd)
-    cos, sin = rotary_emb(h, query_pos)  # (B, Q, hd)
-    q = q * cos[:, None] + rotate_half(q) * sin[:, None]
+    if rope:
+        cos, sin = rotary_emb(h, query_pos)  # (B, Q, hd)
+        q = q * cos[:, None] + rotate_half(q) * sin[:, None]
     k = repeat_kv(keys, attn.num_key_value_groups)  # (B, H, S, hd)
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scaling  # (B, H, Q, S)
     scores = scores.masked_fill(~allowed[:, None], float("-inf"))
     probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)  # a query with no allowed key -> all zeros
     return probs.mean(dim=1)
+
+
+def unrotated_keys(layer: nn.Module, hidden_in: Tensor) -> Tensor:
+    """(B, H_kv, S, hd) the layer's keys of its input rows (B, S, D) WITHOUT RoPE (the cache holds rotated
+    ones): one extra k projection, for a criterion that ignores positions (FEATHER)."""
+    attn = layer.self_attn
+    B, S, _ = hidden_in.shape
+    return attn.k_proj(layer.input_layernorm(hidden_in)).view(B, S, -1, attn.head_dim).transpose(1, 2)

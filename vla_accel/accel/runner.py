@@ -22,6 +22,15 @@ timing
     the pruning method's own work -- the score-layer probe, the action-attention capture, ``select`` and
     the history update -- is timed as stage "select" through ``vla_accel.measure.timing.stage`` (the
     policy's timer, active during its call); it lies inside the policy's "prefill" / "decode" stages.
+multi-stage pruning (FEATHER, ToDRE, TransPrune)
+    the method's stages K_1 < K_2 < ... each keep a subset of the previous stage's tokens (budgets
+    M~_1 >= M~_2 >= ...): before layer K_s the current rows are cut again to the non-visual tokens plus
+    stage s's kept ones, still with their original position ids, and a new layer group starts, so every
+    layer's KV cache and padding mask hold exactly the tokens that layer saw. Stage s's scores come from
+    the last executed layer before K_s, over the tokens still kept (their keys are that layer's cache).
+encoder attention (FasterVLM, VTC-CLS, HiPrune)
+    ``encoder_attention_request`` hands the policy's vision tower the method's probe; the maps come back
+    through ``observe_encoder_attention`` before the prefill, and only when a method asks.
 token reuse (VLA-Cache)
     the static, task-irrelevant visual tokens are not run at all: only the other tokens are queries, and
     every layer's keys/values for the reused ones are copied from the previous step (``ReuseCache``).
@@ -32,6 +41,8 @@ calls, same final norm and head), so its outputs equal HFRunner's bit for bit.
 
 from __future__ import annotations
 
+import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +59,7 @@ from vla_accel.policies.common.prompt import positions_from_mask
 from vla_accel.policies.llm_runner import PrefillResult
 from vla_accel.accel.pruning import PruningMethod, SelectionContext, build_method
 from vla_accel.accel.checks import check_prompt, check_selection
-from vla_accel.accel.query_attention import query_attention
+from vla_accel.accel.query_attention import query_attention, unrotated_keys
 from vla_accel.accel.token_reuse import ReuseCache, computed_token_index, pixel_patches, reusable_tokens
 
 
@@ -84,7 +95,9 @@ class StepStats:
     num_tokens: int = 0  # prompt length T
     num_tokens_after_pruning: int = 0  # T - M + M~ (== T when not pruned)
     pruned: bool = False
-    kept_visual: Tensor | None = None  # (B, M~) long, kept visual indices, when pruned
+    kept_visual: Tensor | None = None  # (B, M~) long, kept visual indices (of the last stage), when pruned
+    stage_tokens: list[tuple[int, int]] = field(default_factory=list)  # per applied stage: (K_s, tokens after)
+    keep_ratio: float | None = None  # M~ / M of the last stage, when pruned
     num_reused: int = 0  # VLA-Cache: visual tokens per row whose K/V came from the previous step
     attention_probes: list[tuple[str, int, int]] = field(default_factory=list)  # (phase, layer, n_queries)
 
@@ -126,7 +139,13 @@ class _Prefill:
     pos_emb: tuple[Tensor, Tensor] | None = None  # the current group's rotary (cos, sin)
     groups: list[LayerGroup] = field(default_factory=list)
     group_of_layer: dict[int, int] = field(default_factory=dict)
-    scores: Tensor | None = None  # (B, M) visual attention from the score layer
+    scores: Tensor | None = None  # (B, C) visual attention from the next stage's score layer
+    budgets: tuple[int, ...] = ()  # M~ of every pruning stage
+    next_stage: int = 0  # the first stage not applied yet
+    kept: Tensor | None = None  # (B, C) visual indices still kept (None: all M)
+    encoder_attention: dict | None = None  # encoder block -> (B, M)
+    transition_scores: dict = field(default_factory=dict)  # LLM layer -> (B, M)
+    grid: tuple[int, int, int] | None = None  # (cameras, rows, cols)
     relevance: Tensor | None = None  # (B, M) VLA-Cache's text -> vision attention
 
 
@@ -140,6 +159,8 @@ class AcceleratedRunner:
         self._plans: dict[int, LayerPlan] = {}
         self._step_action_attention: list[Tensor] = []  # (B, M) per action query of the current step
         self._frame: Tensor | None = None  # VLA-Cache: this step's pixel patches (B, M, P)
+        self._cameras = 1  # cameras of the last frame: the visual tokens are n_cam patch grids
+        self._encoder_attention: dict | None = None  # the probe's maps of this step's frame
         self._reuse_state: _ReuseState | None = None
         self.stats = StepStats()
 
@@ -150,6 +171,7 @@ class AcceleratedRunner:
         self._step_action_attention = []
         self._frame = None
         self._reuse_state = None
+        self._encoder_attention = None
 
     def end_step(self) -> None:
         if self.method is not None and self.method.needs_action_attention and self._step_action_attention:
@@ -167,8 +189,18 @@ class AcceleratedRunner:
     def observe_frame(self, pixel_values: Tensor, num_visual: int) -> None:
         """The policy's image encoder hands over each frame (B, n_cam, C, S, S); VLA-Cache keeps its pixel
         patches (B, M, P) in the visual tokens' order (``token_reuse.pixel_patches``)."""
+        self._cameras = int(pixel_values.shape[1])
         if self.config.reuse is not None:
             self.observe_patches(pixel_patches(pixel_values.detach(), num_visual))
+
+    def encoder_attention_request(self):
+        """The pruning method's ``vision.AttentionProbe`` (a fresh one per frame), or None: the vision tower
+        then computes no attention at all."""
+        return self.method.encoder_attention_probe() if self.method is not None else None
+
+    def observe_encoder_attention(self, maps: dict[int, Tensor]) -> None:
+        """The probed encoder blocks' maps of this step's frame, block -> (B, M) in the visual tokens' order."""
+        self._encoder_attention = {i: m.detach().float() for i, m in maps.items()}
 
     def observe_patches(self, patches: Tensor) -> None:
         """VLA-Cache: this control step's pixel patches (B, M, P), in the visual tokens' order."""
@@ -179,6 +211,7 @@ class AcceleratedRunner:
         stats, kept = self.stats, self.stats.kept_visual
         return {"tokens": int(stats.num_tokens), "tokens_kept": int(stats.num_tokens_after_pruning),
                 "pruned": bool(stats.pruned), "num_reused": int(stats.num_reused),
+                "keep_ratio": stats.keep_ratio, "stage_tokens": [list(x) for x in stats.stage_tokens],
                 "kept_visual": None if kept is None else kept[0].cpu().numpy().astype(np.int64)}
 
     def plan(self, llm: LlamaForCausalLM) -> LayerPlan:
@@ -201,15 +234,21 @@ class AcceleratedRunner:
     ) -> PrefillResult:
         check_prompt(inputs_embeds, attention_mask, visual_start, num_visual, text_mask)
         st = self._start_prefill(llm, inputs_embeds, attention_mask, visual_start, num_visual, text_mask)
-        if st.prune and st.plan.prune_layer == 0:
-            self._apply_pruning(st)  # before the LLM (DivPrune, the controls)
+        self._prune_due(st, 0)  # stages before the LLM (DivPrune, FasterVLM, the controls, ToDRE's first)
         self._open_group(st, st.plan.executed[0])
         for i in st.plan.executed:
-            if st.prune and not self.stats.pruned and i >= st.plan.prune_layer:
-                self._apply_pruning(st)
+            if self._prune_due(st, i):
                 self._open_group(st, i)
             self._run_layer(st, i)
         return self._finish_prefill(st)
+
+    def _prune_due(self, st: _Prefill, layer: int) -> bool:
+        """Apply every stage whose K is <= ``layer`` and not applied yet; whether any was."""
+        ks, applied = st.plan.stage_layers, False
+        while st.prune and st.next_stage < len(ks) and layer >= ks[st.next_stage]:
+            self._apply_pruning(st)
+            applied = True
+        return applied
 
     def _start_prefill(self, llm, inputs_embeds, attention_mask, visual_start, num_visual, text_mask) -> _Prefill:
         """A new control step: the step's stats, the budget, the rows, and the KV cache (VLA-Cache's when
@@ -230,6 +269,8 @@ class AcceleratedRunner:
             token_index=torch.arange(T, device=device).expand(B, T), visual_idx=visual_idx,
             visual_embeds=inputs_embeds.gather(1, visual_idx[..., None].expand(-1, -1, D)),  # (B, M, D)
         )  # fmt: skip
+        if st.prune:
+            self._start_stages(st, num_visual)
         st.computed = self._reuse_plan(attention_mask, visual_start, num_visual, T) if self.config.reuse else None
         if st.computed is not None:  # VLA-Cache: only the computed tokens run as queries
             reuse = self._reuse_state
@@ -240,6 +281,17 @@ class AcceleratedRunner:
         else:
             st.kv = DynamicCache(config=llm.config)
         return st
+
+    def _start_stages(self, st: _Prefill, num_visual: int) -> None:
+        """The stages' budgets, the encoder maps the method asked for, and the patch grid."""
+        st.budgets = _stage_budgets(self.method, num_visual, st.budget, len(st.plan.stage_layers))
+        st.encoder_attention, self._encoder_attention = self._encoder_attention, None  # this frame's only
+        if self.method.encoder_attention_probe() is not None and st.encoder_attention is None:
+            raise ValueError(
+                f"{self.method.name} needs the vision encoder's attention: the policy's image encoder hands it "
+                "over (runner.encoder_attention_request / observe_encoder_attention) before prefill"
+            )
+        st.grid = _patch_grid(num_visual, self._cameras)
 
     def _open_group(self, st: _Prefill, first_layer: int) -> None:
         """Start a run of layers over one token sequence: its causal mask and rotary embeddings."""
@@ -259,39 +311,68 @@ class AcceleratedRunner:
         st.pos_emb = rotary(st.x, st.pos)
 
     def _apply_pruning(self, st: _Prefill) -> None:
-        """The method's selection: from here on the rows are the prompt's non-visual tokens + the kept ones."""
+        """The next stage's selection: from here on the rows are the prompt's non-visual tokens + the kept
+        ones (a subset of the previous stage's), in prompt order, with their original positions."""
         B, T = st.attention_mask.shape
-        ctx = SelectionContext(visual_embeds=st.visual_embeds, visual_attention=st.scores, budget=st.budget)
+        s, budget = st.next_stage, st.budgets[st.next_stage]
+        ctx = SelectionContext(
+            visual_embeds=st.visual_embeds, visual_attention=st.scores, budget=budget, stage=s,
+            candidates=st.kept, encoder_attention=st.encoder_attention,
+            transition_scores=dict(st.transition_scores), grid=st.grid,
+        )  # fmt: skip
         with stage("select"):
-            kept = check_selection(self.method.select(ctx), B, st.budget, st.num_visual)  # (B, M~)
-        keep_rows = _kept_token_index(T, st.visual_start, st.num_visual, kept)  # (B, T')
-        st.x = st.x.gather(1, keep_rows[..., None].expand(-1, -1, st.x.shape[-1]))
-        st.pos, st.mask2d, st.token_index = st.pos.gather(1, keep_rows), st.mask2d.gather(1, keep_rows), keep_rows
+            kept = check_selection(self.method.select(ctx), B, budget, st.num_visual, st.kept)  # (B, M~_s)
+        keep_index = _kept_token_index(T, st.visual_start, st.num_visual, kept)  # (B, T') prompt indices
+        # the current rows are sorted prompt indices (st.token_index), so each kept one's row is found by search
+        rows = keep_index if st.kept is None else torch.searchsorted(st.token_index, keep_index)
+        st.x = st.x.gather(1, rows[..., None].expand(-1, -1, st.x.shape[-1]))
+        st.pos, st.mask2d, st.token_index = st.pos.gather(1, rows), st.mask2d.gather(1, rows), keep_index
+        st.kept, st.scores, st.next_stage = kept, None, s + 1
         self.stats.pruned, self.stats.kept_visual = True, kept
-        self.stats.num_tokens_after_pruning = keep_rows.shape[1]
+        self.stats.num_tokens_after_pruning = keep_index.shape[1]
+        self.stats.stage_tokens.append((st.plan.stage_layers[s], keep_index.shape[1]))
+        self.stats.keep_ratio = budget / st.num_visual
 
     def _run_layer(self, st: _Prefill, i: int) -> None:
         """Layer i over the current rows, then the attention probes the plan asks of that layer."""
         plan, llm = st.plan, st.llm
         st.group_of_layer[i] = len(st.groups) - 1
         h_in = st.x
-        st.x = llm.model.layers[i](
-            st.x, attention_mask=st.causal, position_embeddings=st.pos_emb, position_ids=st.pos,
-            **cache_kwarg(llm.model.layers[i], st.kv), use_cache=True,
-        )  # fmt: skip
-        if st.prune and i == plan.score_layer and self.method.score_queries is not None:
+        track = st.prune and st.next_stage < len(plan.stage_layers) and i in plan.transition_layers
+        with _attention_output(llm.model.layers[i].self_attn, track) as attn_out:
+            st.x = llm.model.layers[i](
+                st.x, attention_mask=st.causal, position_embeddings=st.pos_emb, position_ids=st.pos,
+                **cache_kwarg(llm.model.layers[i], st.kv), use_cache=True,
+            )  # fmt: skip
+        if track:
+            self._score_transitions(st, i, h_in, attn_out[0])
+        s = st.next_stage
+        if st.prune and s < len(plan.stage_layers) and i == plan.score_layers[s]:
             with stage("select"):
-                chosen = _chosen_queries(self.method.score_queries, st.mask2d, st.text_mask)
+                text = st.text_mask.gather(1, st.token_index)
+                chosen = _chosen_queries(self.method.stage_queries(s), st.mask2d, text)
                 st.scores = self._prompt_scores(llm, i, h_in, st.pos, st.token_index, chosen, st.kv, st.mask2d,
-                                                st.visual_idx)  # fmt: skip
+                                                st.token_index, _visual_slots(st))  # fmt: skip
         if i == plan.relevance_layer:
             real = st.attention_mask.bool().gather(1, st.token_index)
             chosen = st.text_mask.bool().gather(1, st.token_index) & real
+            all_keys = torch.arange(st.attention_mask.shape[1], device=h_in.device).expand_as(st.attention_mask)
             st.relevance = self._prompt_scores(llm, i, h_in, st.pos, st.token_index, chosen, st.kv,
-                                               st.attention_mask, st.visual_idx)  # fmt: skip
+                                               st.attention_mask, all_keys, st.visual_idx)  # fmt: skip
         if st.capture and i == plan.action_layer:
             self._capture(llm, i, h_in[:, -1:], st.pos[:, -1:], st.kv, st.mask2d[:, None, :], st.groups[-1],
                           st.visual_start, st.num_visual, phase="prefill")  # fmt: skip
+
+    def _score_transitions(self, st: _Prefill, i: int, h_in: Tensor, attn_update: Tensor) -> None:
+        """TransPrune: the method's score of layer i's transition of every visual token still kept, as a
+        (B, M) map (0 for the tokens already pruned)."""
+        with stage("select"):
+            slots = _visual_slots(st)[..., None].expand(-1, -1, h_in.shape[-1])  # (B, C, D)
+            score = self.method.transition_score(h_in.gather(1, slots), attn_update.gather(1, slots),
+                                                 st.x.gather(1, slots))  # (B, C)  # fmt: skip
+            kept = st.kept if st.kept is not None else st.visual_idx - st.visual_start[:, None]
+            out = score.new_zeros(score.shape[0], st.num_visual)
+            st.transition_scores[i] = out.scatter_(1, kept, score.float())
 
     def _finish_prefill(self, st: _Prefill) -> PrefillResult:
         llm = st.llm
@@ -368,25 +449,28 @@ class AcceleratedRunner:
                                         attention_mask.clone(), visual_start.clone())  # fmt: skip
 
     # -------------------------------------------------------------------------------- attention probes
-    def _prompt_scores(self, llm, layer_idx, h_in, q_pos, q_index, chosen, kv, key_mask, visual_idx) -> Tensor:
-        """(B, M): mean over the chosen queries of their head-averaged attention to each visual token.
+    def _prompt_scores(self, llm, layer_idx, h_in, q_pos, q_index, chosen, kv, key_mask, key_index,
+                       visual_slots) -> Tensor:
+        """(B, C): mean over the chosen queries of their head-averaged attention to each visual token.
 
         h_in (B, S, D) the layer's input rows, q_pos / q_index (B, S) their RoPE positions and prompt
-        indices, chosen (B, S) bool; the layer's cached keys cover the whole prompt, key_mask (B, T)."""
+        indices, chosen (B, S) bool; the layer's cached keys (B, H, K, hd), key_mask / key_index (B, K)
+        their padding mask and prompt indices (causality), visual_slots (B, C) the cache slots of the
+        visual tokens scored (all M before any pruning, the kept ones at a later stage)."""
         n_q = int(chosen.sum(-1).max())
         if n_q == 0:
             raise ValueError("no query tokens of the requested kind in the prompt to score the visual tokens by")
         rows = torch.argsort((~chosen).to(torch.int8), dim=1, stable=True)[:, :n_q]  # (B, Q) chosen first
         q_w = chosen.gather(1, rows).float()  # (B, Q) 1 for a real chosen query, 0 for row padding
         h_q = h_in.gather(1, rows[..., None].expand(-1, -1, h_in.shape[-1]))
-        keys = kv.layers[layer_idx].keys  # (B, H_kv, T, hd)
-        key_pos = torch.arange(keys.shape[2], device=h_in.device)
+        rope = getattr(self.method, "score_rope", True)  # FEATHER scores without RoPE: keys from the rows
+        layer = llm.model.layers[layer_idx]
+        keys = kv.layers[layer_idx].keys if rope else unrotated_keys(layer, h_in)  # (B, H_kv, K, hd)
         q_idx = q_index.gather(1, rows)
-        allowed = (key_pos[None, None, :] <= q_idx[..., None]) & key_mask.bool()[:, None, :]  # causal + padding
-        probs = query_attention(llm.model.layers[layer_idx], llm.model.rotary_emb, h_q, q_pos.gather(1, rows),
-                                keys, allowed)  # fmt: skip
+        allowed = (key_index[:, None, :] <= q_idx[..., None]) & key_mask.bool()[:, None, :]  # causal + padding
+        probs = query_attention(layer, llm.model.rotary_emb, h_q, q_pos.gather(1, rows), keys, allowed, rope)
         self.stats.attention_probes.append(("prefill", layer_idx, n_q))
-        to_visual = probs.gather(2, visual_idx[:, None, :].expand(-1, n_q, -1))  # (B, Q, M)
+        to_visual = probs.gather(2, visual_slots[:, None, :].expand(-1, n_q, -1))  # (B, Q, C)
         return (to_visual * q_w[..., None]).sum(1) / q_w.sum(1, keepdim=True).clamp_min(1.0)
 
     def _capture(self, llm, layer_idx, h_q, q_pos, kv, allowed, group, visual_start, num_visual, phase) -> None:
@@ -425,6 +509,47 @@ def _chosen_queries(which: str, mask2d: Tensor, text_mask: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------- helpers
+def _visual_slots(st: _Prefill) -> Tensor:
+    """(B, C) the current rows of the visual tokens still kept (all M before the first stage)."""
+    if st.kept is None:
+        return st.visual_idx
+    return torch.searchsorted(st.token_index, st.visual_start[:, None] + st.kept)
+
+
+def _stage_budgets(method: PruningMethod, num_visual: int, budget: int, n_stages: int) -> tuple[int, ...]:
+    """The method's M~ per stage, checked: one per stage, non-increasing, within [1, M], the last = the
+    config's budget."""
+    budgets = tuple(int(b) for b in method.stage_budgets(num_visual, budget))
+    ok = len(budgets) == n_stages and budgets[-1] == budget and all(1 <= b <= num_visual for b in budgets)
+    if not ok or any(b > a for a, b in zip(budgets, budgets[1:])):
+        raise ValueError(f"{method.name}: stage budgets {list(budgets)} must be {n_stages} non-increasing "
+                         f"counts in [1, {num_visual}] ending in the budget {budget}")  # fmt: skip
+    return budgets
+
+
+def _patch_grid(num_visual: int, cameras: int) -> tuple[int, int, int] | None:
+    """(cameras, side, side) when the M visual tokens are ``cameras`` square raster grids, else None."""
+    if cameras < 1 or num_visual % cameras:
+        return None
+    side = math.isqrt(num_visual // cameras)
+    return (cameras, side, side) if side * side * cameras == num_visual else None
+
+
+@contextmanager
+def _attention_output(attn_module, enabled: bool):
+    """Yields a list that receives the attention sublayer's output (B, S, D) of the next call when
+    ``enabled`` (a forward hook, removed at once); nothing is hooked otherwise."""
+    captured: list[Tensor] = []
+    if not enabled:
+        yield captured
+        return
+    handle = attn_module.register_forward_hook(lambda module, args, out: captured.append(out[0]))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
 def _zero_unkept(action: Tensor, kept: Tensor) -> Tensor:
     """(B, M) action attention with every visual token not in ``kept`` (B, M~) set to 0."""
     keep = torch.zeros_like(action, dtype=torch.bool).scatter_(1, kept.to(action.device), True)

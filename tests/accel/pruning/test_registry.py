@@ -4,7 +4,8 @@ from vla_accel.accel.pruning import METHODS, build_method
 
 
 def test_registry_lists_every_method():
-    expected = {"vla_pruner", "fastv", "text_guided", "divprune", "efficientvla_tokens", "random", "uniform"}
+    expected = {"vla_pruner", "fastv", "text_guided", "divprune", "efficientvla_tokens", "random", "uniform",
+                "fastervlm", "vtc_cls", "todre", "feather", "hiprune"}
     assert set(METHODS) == expected
 
 

@@ -65,7 +65,7 @@ def test_healthz_stays_fast_while_hostile_4mb_requests_are_refused(serve_with):
     def attack():
         with connect(f"ws://127.0.0.1:{srv.port}", proxy=None, max_size=2**26) as ws:
             ws.recv(timeout=30)
-            for i in range(6):
+            for i in range(20):
                 t0 = time.perf_counter()
                 ws.send(frames[i % 2])
                 replies.append((unpackb(ws.recv(timeout=60)), time.perf_counter() - t0))
@@ -77,7 +77,7 @@ def test_healthz_stays_fast_while_hostile_4mb_requests_are_refused(serve_with):
     while not done.wait(0.01) and len(latencies) < 2000:
         latencies.append(healthz_ms(srv.port))
     attacker.join(60)
-    assert len(replies) == 6 and all(r["type"] == "error" for r, _ in replies)
+    assert len(replies) == 20 and all(r["type"] == "error" for r, _ in replies)
     assert max(t for _, t in replies) < 2.0  # refused from the header, not after parsing it
     print(f"healthz during the attack: n={len(latencies)} median {statistics.median(latencies):.1f} ms "
           f"max {max(latencies):.1f} ms")

@@ -71,3 +71,17 @@ def test_serve_refuses_the_scripted_expert():
     assert cfg.serve.host == "127.0.0.1"  # loopback unless asked otherwise
     with pytest.raises(ValueError, match="cannot be served"):
         build_served_policy(cfg)
+
+
+def test_the_token_comes_from_the_environment_and_is_required_off_loopback(monkeypatch):
+    from hydra import compose, initialize_config_module
+
+    from vla_accel.runtime.serving.serve_cli import serve_settings
+
+    with initialize_config_module(config_module="vla_accel.conf", version_base=None):
+        cfg = compose(config_name="serve", overrides=["policy=openvla_tiny", "serve.host=0.0.0.0"])
+    monkeypatch.delenv("VLA_ACCEL_AUTH_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="auth_token"):
+        serve_settings(cfg.serve)
+    monkeypatch.setenv("VLA_ACCEL_AUTH_TOKEN", "t" * 24)
+    assert serve_settings(cfg.serve).auth_token == "t" * 24

@@ -153,7 +153,7 @@ def test_client_reconnects_and_resets_after_a_server_restart(pruned_openvla):
     restart.start()
     try:
         out = client.infer(seq[0])
-        assert client.reconnects == 1
+        assert client.reconnects == 1 and out["episode_reset"] is True  # reported, never silent
         # after the reconnect the episode restarted: the answer is a fresh episode's first answer
         np.testing.assert_allclose(out["actions"], local_actions(pruned_openvla, seq[:1])[0], rtol=1e-5, atol=1e-6)
         assert second.stats.connections == 1

@@ -11,11 +11,23 @@ A method declares what it needs from the runner (class attributes / properties):
   visual tokens at a late layer and hand it to :meth:`observe_step` once per control step.
 
 and answers :meth:`select` with the kept visual indices of every batch row.
+
+Methods that need more declare it through these hooks (each off by default, so no cost otherwise):
+
+- :meth:`encoder_attention_probe`: a ``vision.AttentionProbe`` -- the vision tower then hands the
+  runner the attention maps of those encoder blocks (``SelectionContext.encoder_attention``).
+- multi-stage pruning: :meth:`stage_layers` (K_1 < K_2 < ...) and :meth:`stage_budgets` (M~_1 >= M~_2
+  >= ... = the config's budget, the tokens the deepest layers see). Stage s keeps a subset of stage
+  s-1's tokens; its scores are read at the last executed layer before K_s, over the tokens still kept
+  (``SelectionContext.candidates``); :meth:`stage_queries` says whose attention, per stage.
+- :meth:`transition_layers`: LLM layers whose visual tokens' hidden-state transitions the runner scores
+  with :meth:`transition_score` (TransPrune's TTV) into ``SelectionContext.transition_scores``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -39,6 +51,13 @@ class SelectionContext:
     visual_embeds: Tensor
     visual_attention: Tensor | None
     budget: int
+    stage: int = 0  # which pruning stage (0 = the first)
+    # (B, C) long, ascending: the visual indices (in [0, M)) still kept before this stage; None = all M.
+    # When set, ``visual_attention`` is (B, C), aligned with it, and the answer must be a subset of it.
+    candidates: Tensor | None = None
+    encoder_attention: dict[int, Tensor] | None = None  # encoder block -> (B, M) (the method's probe)
+    transition_scores: dict[int, Tensor] | None = None  # LLM layer -> (B, M), 0 where a token was absent
+    grid: tuple[int, int, int] | None = None  # (cameras, rows, cols) of the patch grid; None if not square
 
     @property
     def batch_size(self) -> int:
@@ -47,6 +66,19 @@ class SelectionContext:
     @property
     def num_visual(self) -> int:
         return self.visual_embeds.shape[1]
+
+    def candidate_index(self) -> Tensor:
+        """(B, C) the tokens this stage chooses from (every visual token at the first stage)."""
+        if self.candidates is not None:
+            return self.candidates
+        B, M = self.visual_embeds.shape[:2]
+        return torch.arange(M, device=self.visual_embeds.device).expand(B, M)
+
+    def require_grid(self, who: str) -> tuple[int, int, int]:
+        if self.grid is None:
+            raise ValueError(f"{who} needs the visual tokens to form square per-camera patch grids; "
+                             f"{self.num_visual} tokens do not")
+        return self.grid
 
 
 class PruningMethod(ABC):
@@ -74,6 +106,11 @@ class PruningMethod(ABC):
     def score_queries(self) -> str | None:
         return self._score_queries
 
+    @property
+    def score_rope(self) -> bool:
+        """Whether the ranking attention uses RoPE like the layer itself (False: FEATHER's criterion)."""
+        return True
+
     def wants_to_prune(self, batch_size: int) -> bool:
         """False while the method cannot prune yet (VLA-Pruner's warm-up); the step then runs unpruned."""
         return True
@@ -81,6 +118,33 @@ class PruningMethod(ABC):
     @abstractmethod
     def select(self, ctx: SelectionContext) -> Tensor:
         """Kept visual-token indices, (B, budget) long in [0, M), sorted ascending per row."""
+
+    def encoder_attention_probe(self) -> Any:
+        """A fresh ``vision.AttentionProbe`` naming the encoder blocks whose attention this method reads,
+        or None (the default: the vision tower runs its plain forward)."""
+        return None
+
+    def stage_layers(self, first_layer: int | None, num_layers: int) -> tuple[int, ...]:
+        """K of every stage, strictly increasing; ``first_layer`` is the config's ``layer`` (None = the
+        method's default). One stage by default."""
+        return (self.default_layer if first_layer is None else first_layer,)
+
+    def stage_budgets(self, num_visual: int, budget: int) -> tuple[int, ...]:
+        """M~ of every stage, non-increasing, the last = ``budget`` (the config's)."""
+        return (budget,)
+
+    def stage_queries(self, stage: int) -> str | None:
+        """Whose attention stage ``stage`` ranks by (``SCORE_QUERIES`` or None)."""
+        return self.score_queries
+
+    def transition_layers(self, stage_layers: tuple[int, ...], num_layers: int) -> tuple[int, ...]:
+        """LLM layers whose visual-token transitions feed :meth:`transition_score` (none by default)."""
+        return ()
+
+    def transition_score(self, h_in: Tensor, attn_update: Tensor, h_out: Tensor) -> Tensor:
+        """(B, C) per-token score of one layer from its visual tokens' input, attention-sublayer update
+        and output, each (B, C, D)."""
+        raise NotImplementedError
 
     def observe_step(self, action_attention: Tensor) -> None:
         """One finished control step's action attention to the visual tokens, (B, M) (pruned tokens 0)."""
@@ -102,3 +166,24 @@ def min_max_normalise(x: Tensor) -> Tensor:
     lo = x.min(dim=-1, keepdim=True).values
     hi = x.max(dim=-1, keepdim=True).values
     return (x - lo) / (hi - lo).clamp_min(torch.finfo(x.dtype).tiny)
+
+
+def scaled_layer(paper_layer: int, num_layers: int, paper_depth: int = 32) -> int:
+    """A paper's layer index for a ``paper_depth``-layer LLM (Llama-2-7B: 32) at the same relative depth
+    of a ``num_layers``-layer one: exact on 32 layers, at least 1 (a stage that reads attention needs a
+    layer before it)."""
+    return max(1, round(paper_layer * num_layers / paper_depth))
+
+
+def increasing_layers(layers: list[int], num_layers: int) -> tuple[int, ...]:
+    """Scaled default stage layers made strictly increasing (a shallow model would map two stages to one
+    layer); resolve_plan refuses what still does not fit ``num_layers``."""
+    out: list[int] = []
+    for k in layers:
+        out.append(max(k, out[-1] + 1) if out else k)
+    return tuple(out)
+
+
+def ratio_budget(num_visual: int, ratio: float) -> int:
+    """round(M * ratio), clipped to [1, M]."""
+    return max(1, min(num_visual, int(math.floor(num_visual * ratio + 0.5))))

@@ -2,7 +2,8 @@
 
 On connect the server sends its metadata: ``{"type": "metadata", "protocol": PROTOCOL_VERSION,
 "server_version", "policy_type", "action_dim", "action_horizon", "image_size", "cameras",
-"accel": {...flat accel config...} | None, "max_message_bytes", "max_instruction_chars"}``.
+"accel": {...flat accel config...} | None, "max_message_bytes", "max_instruction_chars",
+"max_instruction_tokens"}``.
 
 Requests (client -> server); ``seq`` is an optional integer echoed in the reply (lost or reordered
 replies are detectable):

@@ -3,13 +3,14 @@ and serve it (vla_accel.runtime.serving.server) until interrupted. Prints one li
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from vla_accel.conf import validated
-from vla_accel.runtime.serving.serve_config import ServeSchema
+from vla_accel.runtime.serving.serve_config import TOKEN_ENV, ServeConfig, ServeSchema
 
 
 def build_served_policy(cfg: DictConfig):
@@ -39,11 +40,19 @@ def warm_up(policy) -> None:
     infer(fork_episode(policy), {**obs, "instruction": "warm up"})
 
 
+def serve_settings(scfg: DictConfig) -> ServeConfig:
+    """The checked settings; serve.auth_token from $VLA_ACCEL_AUTH_TOKEN when the config sets none."""
+    token = os.environ.get(TOKEN_ENV)
+    if scfg.get("auth_token") is None and token:
+        scfg = OmegaConf.merge(scfg, {"auth_token": token})
+    return validated(ServeSchema, scfg).server_config()
+
+
 def run(cfg: DictConfig) -> None:
     from vla_accel.runtime.serving.server import PolicyServer
 
     scfg = cfg.serve
-    config = validated(ServeSchema, scfg).server_config()  # checks the ranges before the model loads
+    config = serve_settings(scfg)  # checks the ranges (and the token off loopback) before the model loads
     if scfg.get("torch_threads"):
         import torch
 

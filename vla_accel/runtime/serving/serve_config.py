@@ -14,6 +14,7 @@ import vla_accel.accel.preset_config  # noqa: F401  (stores the schema of the ac
 from vla_accel.conf import store_schema
 
 MIN_TOKEN_CHARS = 16  # a shared secret shorter than this is guessable
+TOKEN_ENV = "VLA_ACCEL_AUTH_TOKEN"  # `vla-accel serve` reads serve.auth_token from it when the config has none
 
 
 def is_loopback(host: str) -> bool:

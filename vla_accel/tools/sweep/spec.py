@@ -104,8 +104,8 @@ class SweepSpec:
     eval_overrides: overrides for every eval job (env=..., policy=..., eval.n_episodes=...); the bench
       gets them too, less eval.* and hydra ones.
     bench_overrides: bench.* overrides for the bench pass only (bench.rounds=20, bench.threads=1).
-    prune_layer: K for every pruning preset, evals and bench alike (null = each preset's own, K=3, which
-      needs a model of at least 4 LLM layers; a 2-layer model takes 1).
+    prune_layer: K for every pruning preset, evals and bench alike (null = each preset's own: see
+      TokenPruningConfig; a 2-layer model takes 1).
     """
 
     methods: tuple[str, ...]
