@@ -33,7 +33,7 @@ from vla_accel.policies.common.factory import policy_class
 from vla_accel.policies.common.image_processor import crop_resize
 from vla_accel.policies.common.observation import ParsedObs
 from vla_accel.policies.data import Batch, DemoDataset, augment
-from vla_accel.policies.openvla.processor_openvla import ProcessedInputs
+from vla_accel.policies.common.processor import ProcessedInputs
 from vla_accel.policies.train_config import TrainSchema
 
 STATE_TENSORS, STATE_JSON = "trainer_state.safetensors", "trainer_state.json"

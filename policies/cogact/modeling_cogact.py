@@ -19,7 +19,7 @@ from vla_accel.policies.common.action_tokenizer import action_stats, unnormalize
 from vla_accel.policies.common.observation import as_uint8_image, check_instructions
 from vla_accel.policies.common.tokenizer import COG
 from vla_accel.policies.common.vlm import VLMBase, read_config
-from vla_accel.policies.openvla.processor_openvla import ProcessedInputs
+from vla_accel.policies.common.processor import ProcessedInputs
 
 
 class CogACTPolicy(VLMBase):

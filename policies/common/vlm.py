@@ -28,7 +28,7 @@ from vla_accel.policies.common.vision import VisionBackbone
 from vla_accel.policies.common.vlm_config import VLMConfig
 from vla_accel.policies.call_styles import infer
 from vla_accel.policies.llm_runner import HFRunner, PrefillResult
-from vla_accel.policies.openvla.processor_openvla import ProcessedInputs, VLAProcessor
+from vla_accel.policies.common.processor import ProcessedInputs, VLAProcessor
 from vla_accel.measure.timing import StageTimer
 
 CONFIG_FILE = "config.json"

@@ -18,7 +18,7 @@ from vla_accel.policies.common.action_tokenizer import (
 from vla_accel.policies.common.observation import ParsedObs, as_uint8_image, check_instructions
 from vla_accel.policies.common.vlm import VLMBase, read_config
 from vla_accel.policies.openvla.configuration_openvla import MODEL_TYPE, OpenVLAConfig, env_gripper
-from vla_accel.policies.openvla.processor_openvla import ProcessedInputs
+from vla_accel.policies.common.processor import ProcessedInputs
 
 
 class OpenVLAPolicy(VLMBase):

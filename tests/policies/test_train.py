@@ -145,7 +145,7 @@ def test_input_probe_logs_real_and_shuffled_losses(demos, tmp_path):
 
 
 def test_standardizer_statistics_are_exact_over_the_chosen_frames(demos, tmp_path):
-    from vla_accel.policies.openvla.processor_openvla import ProcessedInputs
+    from vla_accel.policies.common.processor import ProcessedInputs
     from vla_accel.policies.train import StandardizerStatistics
 
     last = run_train(train_cfg("cogact_tiny", demos, tmp_path, "train.steps=2", "train.standardizer_frames=12"))

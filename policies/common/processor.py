@@ -1,4 +1,4 @@
-"""OpenVLA's processor: images -> pixel values, instruction -> prompt token ids.
+"""The processor both VLAs share (OpenVLA's): images -> pixel values, instruction -> prompt token ids.
 
 The prompt is OpenVLA's "In: What action should the robot take to {instruction}?\\nOut:" with the
 instruction lower-cased; the whole prompt is tokenised at once (as OpenVLA does) and the character
