@@ -34,8 +34,8 @@ from typing import Any
 
 import torch
 from transformers import LlamaConfig, PreTrainedTokenizerFast
-from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
+from vla_accel.policies.common.vlm import assign_exact_state
 from vla_accel.policies.openvla_hf_layout import IGNORED_PREFIXES, read_dataset_statistics, vit_config_from_weights
 
 GROUPS = ("action_model", "vision_backbone", "llm_backbone", "projector")
@@ -352,30 +352,14 @@ def load_cogact_release(path: str | Path, runner=None, device=None, dtype=None, 
     config = release_config(cfg, state, tokenizer, text, read_dataset_statistics(root), dit_heads)
     with torch.device("meta"):  # no second copy of a 7B model in memory
         model = CogACTPolicy(config, tokenizer, runner=runner)
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ValueError(f"CogACT checkpoint does not fit: missing {missing[:8]}, unexpected {unexpected[:8]}")
-    wrong = [(k, tuple(t.shape), tuple(model.state_dict()[k].shape)) for k, t in state.items()
-             if t.shape != model.state_dict()[k].shape]
-    if wrong:
-        raise ValueError(f"CogACT checkpoint shapes differ from the model built for it (key, stored, ours): "
-                         f"{wrong[:6]}")
-    model.load_state_dict(state, strict=True, assign=True)
+    assign_exact_state(model, state, "CogACT")
     del state
-    float32_rotary(model)
     # Tensors made in __init__ under the meta device: the DDIM tables and the noise generator.
     model.diffusion = DDIM(config.diffusion_steps, config.noise_schedule, config.ddim_clip_sample)
     model._generator = torch.Generator()
     model._seed_noise()
     return model.eval()  # CogACT's DiT otherwise drops conditions at random even at inference
 
-
-def float32_rotary(model) -> None:
-    """Rebuild Llama's rotary frequencies in float32 on the model's device (meta-built or bf16-cast ones are
-    empty or rounded; transformers and CogACT keep them float32: bf16 ones are off by up to 0.36 at ~275)."""
-    llm = model.language_model.model
-    llm.rotary_emb = LlamaRotaryEmbedding(config=llm.config).to(model.device)
 
 
 def convert_release(release: str | Path, out_dir: str | Path, tokenizer_path=None, llm_config=None,

@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from transformers import PreTrainedTokenizerFast
-from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from vla_accel.policies.common.vision import ViTConfig
+from vla_accel.policies.common.vlm import assign_exact_state
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 SIGLIP = ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
@@ -184,16 +184,8 @@ def load_openvla_hf(path: str | Path, runner=None, device=None, dtype=None, crop
             state[ours] = tensor
     with torch.device("meta"):  # no second copy of a 7B model in memory
         model = OpenVLAPolicy(config, tokenizer, runner=runner)
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ValueError(f"OpenVLA checkpoint does not fit: missing {missing[:8]}, unexpected {unexpected[:8]}")
-    model.load_state_dict(state, strict=True, assign=True)
+    assign_exact_state(model, state, "OpenVLA")
     del weights, state
-    llm = model.language_model.model
-    # Built after the weights are in place and in float32, as transformers' from_pretrained(dtype=bf16) and
-    # the official code keep it: bf16 rotary frequencies put cos/sin off by up to 0.36 at position ~275.
-    llm.rotary_emb = LlamaRotaryEmbedding(config=llm.config).to(device or "cpu")  # float32 buffers
     return model.eval()
 
 

@@ -172,7 +172,7 @@ class CogACTPolicy(VLMBase):
         tokenizer_path (and llm_config, default: the same directory) name a local copy of
         Llama-2-7b-hf; dit_heads is needed only for a DiT of none of the released sizes
         (docs/cogact_checkpoint_layout.md)."""
-        from vla_accel.policies.cogact_release_layout import float32_rotary, is_cogact_release, load_cogact_release
+        from vla_accel.policies.cogact_release_layout import is_cogact_release, load_cogact_release
 
         path = Path(path)
         if is_cogact_release(path):
@@ -183,7 +183,4 @@ class CogACTPolicy(VLMBase):
         if given:
             raise ValueError(f"{path}: {given} are for released CogACT checkpoints; ours carry their tokenizer "
                              "and configuration")
-        model = cls._load_native(path, read_config(path), runner=runner, device=device, dtype=dtype)
-        if model.dtype != torch.float32:  # a bf16 cast rounds the rotary frequencies too: rebuild them
-            float32_rotary(model)
-        return model
+        return cls._load_native(path, read_config(path), runner=runner, device=device, dtype=dtype)

@@ -62,3 +62,10 @@ def build_llama(config: LlamaConfig, attn_implementation: str = "sdpa") -> Llama
 def padded_vocab(n: int, multiple: int) -> int:
     """Round the embedding table up to a multiple (OpenVLA pads 32000 -> 32064 with multiple 64)."""
     return ((n + multiple - 1) // multiple) * multiple if multiple > 0 else n
+
+
+def float32_rotary(llm: LlamaForCausalLM, device) -> None:
+    """Rebuild the rotary frequencies in float32 on ``device``, as transformers' from_pretrained(dtype=bf16)
+    and the official OpenVLA / CogACT code keep them (bf16 frequencies put cos/sin off by up to 0.36 at
+    position ~275 with head_dim 128; a meta-built model has none at all)."""
+    llm.model.rotary_emb = type(llm.model.rotary_emb)(config=llm.model.config).to(device)

@@ -19,7 +19,7 @@ from torch import nn
 from transformers import LlamaConfig, PreTrainedTokenizerBase
 
 from vla_accel.policies.common.film import TextFiLM, instruction_embedding
-from vla_accel.policies.common.llm import build_llama, llama_config, padded_vocab
+from vla_accel.policies.common.llm import build_llama, float32_rotary, llama_config, padded_vocab
 from vla_accel.policies.common.observation import ParsedObs, parse_obs
 from vla_accel.policies.common.projector import Projector
 from vla_accel.policies.common.prompt import PromptBatch, build_prompt_batch, scatter_visual
@@ -125,10 +125,10 @@ class VLMBase(nn.Module):
         float32, as transformers' from_pretrained(dtype=bf16) and the official OpenVLA code keep them
         (bf16 frequencies put cos/sin off by up to 0.36 at position ~275 with head_dim 128)."""
         super()._apply(fn, recurse)
-        llm = getattr(getattr(self, "language_model", None), "model", None)
-        rope = getattr(llm, "rotary_emb", None)
-        if rope is not None and rope.inv_freq.dtype != torch.float32 and rope.inv_freq.device.type != "meta":
-            llm.rotary_emb = type(rope)(config=llm.config).to(rope.inv_freq.device)
+        llm = getattr(self, "language_model", None)
+        inv_freq = llm.model.rotary_emb.inv_freq if llm is not None else None
+        if inv_freq is not None and inv_freq.dtype != torch.float32 and inv_freq.device.type != "meta":
+            float32_rotary(llm, inv_freq.device)
         return self
 
     @property
@@ -220,6 +220,21 @@ class VLMBase(nn.Module):
         if device is not None or dtype is not None:
             model.to(device=device, dtype=dtype)
         return model
+
+
+def assign_exact_state(model: VLMBase, state: dict[str, torch.Tensor], what: str) -> None:
+    """Put a converted checkpoint's tensors into a meta-built model (no second copy in memory): every key and
+    shape must match, else a ValueError naming the first differences; then float32 rotary frequencies."""
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{what} checkpoint does not fit: missing {missing[:8]}, unexpected {unexpected[:8]}")
+    wrong = [(k, tuple(t.shape), tuple(expected[k].shape)) for k, t in state.items() if t.shape != expected[k].shape]
+    if wrong:
+        raise ValueError(f"{what} checkpoint shapes differ from the model built for it (key, stored, ours): "
+                         f"{wrong[:6]}")
+    model.load_state_dict(state, strict=True, assign=True)
+    float32_rotary(model.language_model, next(iter(state.values())).device)
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
