@@ -6,7 +6,8 @@ steps keep ignoring the pads. The accelerator swaps in its own runner with the s
 the LLM calls, the runner is the policy's seam for episode state: the policy hands it each frame's
 pixels on image encoding (`observe_frame`, VLA-Cache's input), answers whether it wants encoder attention
 maps (`encoder_attention_request`: a `vision.AttentionProbe` or None; the maps come back through
-`observe_encoder_attention`), and forks it for a new episode (`fork`).
+`observe_encoder_attention`), receives each step's normalised actions (`observe_actions`, before
+`end_step`: the motion history of adaptive budgets), and forks it for a new episode (`fork`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class LLMRunner(Protocol):
     def decode_one_token(self, llm: LlamaForCausalLM, token_embeds: Tensor, cache: Any,
                          position_ids: Tensor) -> tuple[Tensor, Tensor]: ...
 
+    def observe_actions(self, actions: Any) -> None: ...  # (B, H, A) normalised, before end_step
+
     def end_step(self) -> None: ...
 
 
@@ -76,6 +79,9 @@ class HFRunner:
 
     def observe_encoder_attention(self, maps: dict[int, Tensor]) -> None:
         pass
+
+    def observe_actions(self, actions: Any) -> None:
+        pass  # no per-episode state
 
     def end_step(self) -> None:
         pass

@@ -81,6 +81,9 @@ class CogACTPolicy(VLMBase):
             cognition = self.cognition_feature(self.process(self.parse(obs)))  # (B, D)
             with self.timer.stage("action_head"):
                 normalized = self.sample_actions(cognition, noise).float().cpu()
+            # the executed part of the chunk (select_action's), in [-1, 1]: the motion adaptive budgets gate on
+            executed = 1 if self.config.use_ensemble else self.config.n_action_steps
+            self.runner.observe_actions(normalized[:, :executed])
             self.runner.end_step()
         if self.config.binarize_gripper:  # CogACT's predict_action: gripper 0 below 0.5, else 1
             normalized[..., -1] = (normalized[..., -1] >= 0.5).float()

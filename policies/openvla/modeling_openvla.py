@@ -72,6 +72,7 @@ class OpenVLAPolicy(VLMBase):
         with self.timed_call():  # one inference call (vla_accel.measure.timing)
             tokens = self.generate_action_tokens(self.process(parsed))  # (B, A)
             normalized = self.action_tokenizer.decode(tokens.cpu().numpy())
+            self.runner.observe_actions(normalized)  # (B, A) in [-1, 1]: the motion adaptive budgets gate on
             self.runner.end_step()
         return unnormalize_actions(normalized, stats)
 

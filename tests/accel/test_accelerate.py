@@ -42,7 +42,8 @@ def test_openvla_vla_pruner_warms_up_then_prunes_and_resets(openvla):
     assert runner.stats.kept_visual.shape == (1, round(m * 0.25))
     # the 7 action queries (prefill's last + 6 decodes) were read at the action layer only, by default
     # max(K, 4 // 2 - 1) = K = 2: never before the pruning layer
-    assert runner.stats.attention_probes[1:] == [("prefill", 2, 1)] + [("decode", 2, 1)] * 6
+    # (the decoded queries' weights kept from the layer's own attention: scored_attention)
+    assert runner.stats.attention_probes[1:] == [("prefill", 2, 1)] + [("decode:own", 2, 1)] * 6
     openvla.reset()
     assert len(runner.method._history) == 0
     openvla.select_action(obs())

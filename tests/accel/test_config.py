@@ -47,6 +47,14 @@ COMPOSED_BEFORE.update({
     "hiprune": {**_OFF, "name": "hiprune", "method": "hiprune", "keep_ratio": 0.333, "prune_layer": 0,
                 "params": {"alpha": 0.1, "object_layer": 0.375, "score": "received", "encoder": 0}},
 })
+# Issue 20's presets: TransPrune, and the adaptive-budget wrapper (ADP's motion gate over text_guided).
+COMPOSED_BEFORE.update({
+    "transprune": {**_OFF, "name": "transprune", "method": "transprune", "keep_ratio": 0.125,
+                   "params": {"later_layers": None, "schedule": "released", "iga_weight": 0.5}},
+    "adaptive": {**_OFF, "name": "adaptive", "method": "adaptive", "keep_ratio": 0.75,
+                 "params": {"base": "text_guided", "base_params": {}, "mode": "adp", "fine_keep_ratio": 1.0,
+                            "window": 2, "threshold": 0.4, "delta_threshold": 0.1}},
+})
 
 
 @pytest.mark.parametrize("app", ["eval", "serve"])

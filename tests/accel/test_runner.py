@@ -146,8 +146,11 @@ def test_attention_is_computed_only_at_the_requested_layers(llm, monkeypatch):
     assert calls == [layers[4]] * 3
     calls.clear()
     run(runner, llm, prompt, tokens)
-    assert calls == [layers[2]] + [layers[4]] * 3
-    assert runner.stats.attention_probes == [("prefill", 2, 30), ("prefill", 4, 1), ("decode", 4, 1), ("decode", 4, 1)]
+    # a pruning step: all 30 queries' scores and the 2 decoded action queries' weights come from the layers'
+    # own attention (scored_attention); only the prefill's action query is a side probe
+    assert calls == [layers[4]]
+    assert runner.stats.attention_probes == [("prefill:own", 2, 30), ("prefill", 4, 1), ("decode:own", 4, 1),
+                                             ("decode:own", 4, 1)]  # fmt: skip
     calls.clear()
     run(AcceleratedRunner(pruning("divprune", keep_ratio=0.5)), llm, prompt, tokens)
     assert calls == []

@@ -37,6 +37,9 @@ class TokenPruningConfig:
       r = [(K-1) C(n) + (T-K+1) C(n~)] / (T C(n))): K_paper = 3 -> ``layer = K_paper - 1 = 2``.
     - DivPrune and the controls prune before the LLM: ``layer = 0``.
     - text_guided and efficientvla_tokens: ../shared/methods.md gives no layer; they keep ``layer = 3``.
+    - TransPrune's released code prunes after layers 7, 9 and 12 (1-indexed) of 32: stages K = 7, 9, 12
+      (``layer`` = K_1 = 7), each reading IGA at K-1 and TTV of the layers before K.
+    - ``adaptive`` wraps a base method and answers that method's layers.
 
     A budget larger than the policy's M is refused by ``accelerate()`` (it knows M); :meth:`budget`
     refuses it again for any other caller.
@@ -66,7 +69,8 @@ class TokenPruningConfig:
 
     @property
     def prune_layer(self) -> int:
-        return self.layer if self.layer is not None else method_class(self.method).default_layer
+        # from an instance: a wrapper method (``adaptive``) answers its base method's default
+        return self.layer if self.layer is not None else method_class(self.method)(**self.params).default_layer
 
     def budget(self, num_visual: int) -> int:
         """M~ for M = num_visual visual tokens: round(M * keep_ratio) (at least 1), or keep_tokens."""
@@ -268,7 +272,7 @@ def _pruning_layers(pruning: TokenPruningConfig, num_layers: int, skipped, execu
         raise ValueError(f"token pruning: every layer from K={ks[-1]} on is skipped; nothing would run pruned")
     score_layers = tuple(_score_layer(pruning.method, method.stage_queries(s), k, ks[s - 1] if s else 0,
                                       skipped, executed) for s, k in enumerate(ks))  # fmt: skip
-    action_layer = _action_layer(pruning, ks[0], num_layers, skipped, executed) if cls.needs_action_attention else None
+    action_layer = _action_layer(method, ks[0], num_layers, skipped, executed) if method.needs_action_attention else None
     transitions = tuple(method.transition_layers(ks, num_layers))
     bad = [x for x in transitions if x >= num_layers or x in skipped]
     if bad:
@@ -295,13 +299,13 @@ def _score_layer(method: str, queries, k: int, previous_k: int, skipped, execute
     return k - 1
 
 
-def _action_layer(pruning: TokenPruningConfig, k: int, num_layers: int, skipped, executed) -> int:
+def _action_layer(method, k: int, num_layers: int, skipped, executed) -> int:
     """The layer read for the action score. Default: max(K, num_layers // 2 - 1) -- layer 15 of 32 as in
     VLA-Pruner's code, but never before K, so that it sees only the kept tokens in any depth (in a
     6-layer model 6 // 2 - 1 = 2 < K would score tokens pruned at that step) -- clipped to the last
     executed layer. An explicit layer before K is accepted: the runner zeroes the pruned tokens' scores
     before they enter the history (the paper's rule), which makes such a layer valid, only not faster."""
-    action_layer = pruning.params.get("action_layer")
+    action_layer = method.action_layer
     if action_layer is None:
         action_layer = min(max(k, _middle_layer(num_layers)), executed[-1])
     if action_layer >= num_layers:

@@ -4,9 +4,11 @@ Same four methods as ``vla_accel.policies.llm_runner.HFRunner`` (docs/interfaces
 seam"), so a policy cannot tell them apart except by speed:
 
 prefill
-    runs the executed layers (skipped layers are never entered). At the score layer K-1 it computes the
-    head-averaged attention of ONLY the queries the pruning method asks for (``query_attention``; every
-    layer itself keeps SDPA). Before layer K it gathers each row's kept tokens -- every non-visual token
+    runs the executed layers (skipped layers are never entered). At the score layer K-1 it reads the
+    head-averaged attention of ONLY the queries the pruning method asks for: a few (FastV's last, the
+    text) recomputed on the side (``query_attention``; the layer keeps SDPA), all of them (VLA-Pruner) kept
+    from the layer's own attention (``scored_attention``; the same bits, without repeating the layer's
+    q projection, scores and softmax). Before layer K it gathers each row's kept tokens -- every non-visual token
     plus the method's M~ visual tokens, in their original order and with their ORIGINAL position ids --
     and runs layers K.. on that shorter sequence, so their KV-cache entries hold only kept tokens while
     layers < K hold the full prompt (transformers' DynamicCache keeps one tensor per layer, and each
@@ -16,7 +18,8 @@ decode_one_token
 action attention
     for methods that need it (VLA-Pruner), the attention the action queries pay the visual tokens at
     ``action_layer``: the last prefill query (OpenVLA's first action token / CogACT's cognition token)
-    and every decoded query of the step; their mean, as a (B, M) map with the tokens not kept at this
+    and every decoded query of the step (a decoded query's weights kept from the layer's own call at a
+    step that prunes; a warm-up step stays the base policy's bit for bit); their mean, as a (B, M) map with the tokens not kept at this
     step set to 0 (an action layer before K still sees them), is handed to the method at ``end_step()``.
 timing
     the pruning method's own work -- the score-layer probe, the action-attention capture, ``select`` and
@@ -28,6 +31,18 @@ multi-stage pruning (FEATHER, ToDRE, TransPrune)
     stage s's kept ones, still with their original position ids, and a new layer group starts, so every
     layer's KV cache and padding mask hold exactly the tokens that layer saw. Stage s's scores come from
     the last executed layer before K_s, over the tokens still kept (their keys are that layer's cache).
+layer transitions (TransPrune)
+    at the method's ``transition_layers`` forward hooks on the attention and MLP sublayers hand it each
+    sublayer's (normed input, output) of the visual tokens still kept (``_sublayer_io``); the scores reach
+    the next stage as ``SelectionContext.transition_scores``. Stage s cuts before layer K_s runs, so its
+    transitions are those of the layers before it (the last one K_s - 1).
+token merging (text_guided's SparseVLM recycling)
+    a method's ``select_and_merge`` may name, per candidate, a kept token to average it into: after the cut
+    that token's row holds the mean of its group's hidden states entering layer K, at its own original
+    position id and KV slot (``_merge_tokens``); layers < K keep the unmerged tokens in their cache.
+per-step budgets (the ``adaptive`` wrapper)
+    ``method.step_budget`` may change this step's M~ (the policy hands each step's actions to
+    ``observe_actions``); ``stats.keep_ratio`` reports the step's M~ / M, 1.0 when it keeps every token.
 encoder attention (FasterVLM, VTC-CLS, HiPrune)
     ``encoder_attention_request`` hands the policy's vision tower the method's probe; the maps come back
     through ``observe_encoder_attention`` before the prefill, and only when a method asks.
@@ -58,8 +73,9 @@ from vla_accel.policies.common.hf_compat import cache_kwarg
 from vla_accel.policies.common.prompt import positions_from_mask
 from vla_accel.policies.llm_runner import PrefillResult
 from vla_accel.accel.pruning import PruningMethod, SelectionContext, build_method
-from vla_accel.accel.checks import check_prompt, check_selection
+from vla_accel.accel.checks import check_prompt, check_selection, check_values
 from vla_accel.accel.query_attention import query_attention, unrotated_keys
+from vla_accel.accel.scored_attention import ScoreRequest, scored_call
 from vla_accel.accel.token_reuse import ReuseCache, computed_token_index, pixel_patches, reusable_tokens
 
 
@@ -86,6 +102,7 @@ class AcceleratedCache:
     visual_start: Tensor  # (B,) long
     num_visual: int
     capture_action: bool  # whether decode steps record the action queries' attention
+    pruned: bool = False  # whether this step pruned (its captures may then use the layer's own weights)
 
 
 @dataclass
@@ -99,7 +116,9 @@ class StepStats:
     stage_tokens: list[tuple[int, int]] = field(default_factory=list)  # per applied stage: (K_s, tokens after)
     keep_ratio: float | None = None  # M~ / M of the last stage, when pruned
     num_reused: int = 0  # VLA-Cache: visual tokens per row whose K/V came from the previous step
-    attention_probes: list[tuple[str, int, int]] = field(default_factory=list)  # (phase, layer, n_queries)
+    # where attention maps were read: (phase, layer, n_queries); "prefill" / "decode" = a side probe
+    # (``query_attention``), "prefill:own" / "decode:own" = the layer's own attention kept (``scored_attention``)
+    attention_probes: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -172,6 +191,14 @@ class AcceleratedRunner:
         self._frame = None
         self._reuse_state = None
         self._encoder_attention = None
+
+    def observe_actions(self, actions: Any) -> None:
+        """The actions the policy produced at this control step, (B, H, A) or (B, A), normalised to [-1, 1]
+        (the executed part of a chunk); the policies call it just before ``end_step``. Adaptive budgets
+        (``pruning/adaptive.py``) gate the next steps' keep ratio on this motion history."""
+        if self.method is not None:
+            acts = torch.as_tensor(actions).detach().float().cpu()  # a few numbers: the gate runs on the host
+            self.method.observe_actions(acts[:, None] if acts.dim() == 2 else acts)  # (B, H, A)
 
     def end_step(self) -> None:
         if self.method is not None and self.method.needs_action_attention and self._step_action_attention:
@@ -257,14 +284,18 @@ class AcceleratedRunner:
         self._step_action_attention = []  # a prefill starts a new control step
         self.stats = StepStats(num_tokens=T, num_tokens_after_pruning=T)
         method = self.method
-        budget = self.config.pruning.budget(num_visual) if method is not None else num_visual
+        config_budget = self.config.pruning.budget(num_visual) if method is not None else num_visual
+        budget = _checked_step_budget(method, num_visual, config_budget) if method is not None else num_visual
+        if method is not None and budget == num_visual:
+            self.stats.keep_ratio = 1.0  # an adaptive step that keeps every token reports its ratio too
         device = inputs_embeds.device
         visual_idx = visual_start[:, None] + torch.arange(num_visual, device=device)  # (B, M)
         st = _Prefill(
             llm=llm, plan=self.plan(llm), attention_mask=attention_mask, visual_start=visual_start,
             num_visual=num_visual, text_mask=text_mask, budget=budget,
             prune=method is not None and budget < num_visual and method.wants_to_prune(B),
-            capture=method is not None and method.needs_action_attention and budget < num_visual,
+            # the config's budget: an adaptive step that keeps every token still feeds VLA-Pruner's history
+            capture=method is not None and method.needs_action_attention and config_budget < num_visual,
             x=inputs_embeds, mask2d=attention_mask, pos=positions_from_mask(attention_mask),
             token_index=torch.arange(T, device=device).expand(B, T), visual_idx=visual_idx,
             visual_embeds=inputs_embeds.gather(1, visual_idx[..., None].expand(-1, -1, D)),  # (B, M, D)
@@ -315,17 +346,25 @@ class AcceleratedRunner:
         ones (a subset of the previous stage's), in prompt order, with their original positions."""
         B, T = st.attention_mask.shape
         s, budget = st.next_stage, st.budgets[st.next_stage]
+        slots = _visual_slots(st)  # (B, C) the candidates' current rows
+        D = st.x.shape[-1]
+        hidden = st.x.gather(1, slots[..., None].expand(-1, -1, D)) if self.method.needs_visual_hidden else None
         ctx = SelectionContext(
             visual_embeds=st.visual_embeds, visual_attention=st.scores, budget=budget, stage=s,
             candidates=st.kept, encoder_attention=st.encoder_attention,
-            transition_scores=dict(st.transition_scores), grid=st.grid,
+            transition_scores=dict(st.transition_scores), grid=st.grid, visual_hidden=hidden,
         )  # fmt: skip
         with stage("select"):
-            kept = check_selection(self.method.select(ctx), B, budget, st.num_visual, st.kept)  # (B, M~_s)
+            kept, merge_into = self.method.select_and_merge(ctx)
+            kept = check_selection(kept, B, budget, st.num_visual, st.kept)  # (B, M~_s)
         keep_index = _kept_token_index(T, st.visual_start, st.num_visual, kept)  # (B, T') prompt indices
         # the current rows are sorted prompt indices (st.token_index), so each kept one's row is found by search
         rows = keep_index if st.kept is None else torch.searchsorted(st.token_index, keep_index)
-        st.x = st.x.gather(1, rows[..., None].expand(-1, -1, st.x.shape[-1]))
+        before, st.x = st.x, st.x.gather(1, rows[..., None].expand(-1, -1, D))
+        if merge_into is not None:  # SparseVLM's recycling: merged tokens take over kept tokens' rows
+            with stage("select"):
+                kept_rows = torch.searchsorted(keep_index, st.visual_start[:, None] + kept)  # (B, M~_s)
+                st.x = _merge_tokens(before, slots, merge_into, st.x, kept_rows, kept, st.num_visual)
         st.pos, st.mask2d, st.token_index = st.pos.gather(1, rows), st.mask2d.gather(1, rows), keep_index
         st.kept, st.scores, st.next_stage = kept, None, s + 1
         self.stats.pruned, self.stats.kept_visual = True, kept
@@ -339,37 +378,44 @@ class AcceleratedRunner:
         st.group_of_layer[i] = len(st.groups) - 1
         h_in = st.x
         track = st.prune and st.next_stage < len(plan.stage_layers) and i in plan.transition_layers
-        with _attention_output(llm.model.layers[i].self_attn, track) as attn_out:
-            st.x = llm.model.layers[i](
+        s = st.next_stage
+        scoring = st.prune and s < len(plan.stage_layers) and i == plan.score_layers[s]
+        scores_from_layer = scoring and self._scores_from_layer(s)
+        capturing = st.capture and i == plan.action_layer
+        request = _prefill_request(st) if scores_from_layer and st.computed is None else None
+        layer = llm.model.layers[i]
+        with _sublayer_io(layer, track) as sublayers, _scored(layer.self_attn, request) as extra:
+            st.x = layer(
                 st.x, attention_mask=st.causal, position_embeddings=st.pos_emb, position_ids=st.pos,
-                **cache_kwarg(llm.model.layers[i], st.kv), use_cache=True,
+                **cache_kwarg(layer, st.kv), use_cache=True, **extra,
             )  # fmt: skip
         if track:
-            self._score_transitions(st, i, h_in, attn_out[0])
-        s = st.next_stage
-        if st.prune and s < len(plan.stage_layers) and i == plan.score_layers[s]:
+            self._score_transitions(st, i, sublayers)
+        if scoring:
             with stage("select"):
                 text = st.text_mask.gather(1, st.token_index)
                 chosen = _chosen_queries(self.method.stage_queries(s), st.mask2d, text)
+                own = _kept_weights(request) if scores_from_layer else None
                 st.scores = self._prompt_scores(llm, i, h_in, st.pos, st.token_index, chosen, st.kv, st.mask2d,
-                                                st.token_index, _visual_slots(st))  # fmt: skip
+                                                st.token_index, _visual_slots(st), own)  # fmt: skip
         if i == plan.relevance_layer:
             real = st.attention_mask.bool().gather(1, st.token_index)
             chosen = st.text_mask.bool().gather(1, st.token_index) & real
             all_keys = torch.arange(st.attention_mask.shape[1], device=h_in.device).expand_as(st.attention_mask)
             st.relevance = self._prompt_scores(llm, i, h_in, st.pos, st.token_index, chosen, st.kv,
                                                st.attention_mask, all_keys, st.visual_idx)  # fmt: skip
-        if st.capture and i == plan.action_layer:
+        if capturing:  # a side probe: the last row of an S-row product can round differently from a 1-row one
             self._capture(llm, i, h_in[:, -1:], st.pos[:, -1:], st.kv, st.mask2d[:, None, :], st.groups[-1],
                           st.visual_start, st.num_visual, phase="prefill")  # fmt: skip
 
-    def _score_transitions(self, st: _Prefill, i: int, h_in: Tensor, attn_update: Tensor) -> None:
+    def _score_transitions(self, st: _Prefill, i: int, sublayers: dict[str, tuple[Tensor, Tensor]]) -> None:
         """TransPrune: the method's score of layer i's transition of every visual token still kept, as a
-        (B, M) map (0 for the tokens already pruned)."""
+        (B, M) map (0 for the tokens already pruned). ``sublayers``: each sublayer's (input, output) over
+        the current rows, (B, S, D) each (``_sublayer_io``)."""
         with stage("select"):
-            slots = _visual_slots(st)[..., None].expand(-1, -1, h_in.shape[-1])  # (B, C, D)
-            score = self.method.transition_score(h_in.gather(1, slots), attn_update.gather(1, slots),
-                                                 st.x.gather(1, slots))  # (B, C)  # fmt: skip
+            slots = _visual_slots(st)[..., None].expand(-1, -1, st.x.shape[-1])  # (B, C, D)
+            visual = {name: (a.gather(1, slots), b.gather(1, slots)) for name, (a, b) in sublayers.items()}
+            score = self.method.transition_score(visual)  # (B, C)
             kept = st.kept if st.kept is not None else st.visual_idx - st.visual_start[:, None]
             out = score.new_zeros(score.shape[0], st.num_visual)
             st.transition_scores[i] = out.scatter_(1, kept, score.float())
@@ -380,7 +426,8 @@ class AcceleratedRunner:
         logits = llm.lm_head(hidden)  # (B, V)
         if self.config.reuse is not None:
             self._remember_for_reuse(st.kv, st.relevance, st.attention_mask, st.visual_start)
-        cache = AcceleratedCache(st.kv, st.groups, st.group_of_layer, st.visual_start, st.num_visual, st.capture)
+        cache = AcceleratedCache(st.kv, st.groups, st.group_of_layer, st.visual_start, st.num_visual, st.capture,
+                                 st.prune)  # fmt: skip
         return PrefillResult(logits=logits, hidden=hidden, cache=cache, next_position=st.pos[:, -1] + 1)
 
     # ------------------------------------------------------------------------------------------- decode
@@ -403,14 +450,18 @@ class AcceleratedRunner:
         for i in plan.executed:
             g = cache.group_of_layer[i]
             h_in = x
-            x = layers[i](
-                x, attention_mask=masks[g], position_embeddings=pos_emb, position_ids=position_ids,
-                **cache_kwarg(layers[i], cache.kv), use_cache=True,
-            )  # fmt: skip
-            if cache.capture_action and i == plan.action_layer:
-                group = cache.groups[g]
-                self._capture(llm, i, h_in, position_ids, cache.kv, group.mask2d[:, None, :].bool(), group,
-                              cache.visual_start, cache.num_visual, phase="decode")  # fmt: skip
+            capturing = cache.capture_action and i == plan.action_layer
+            allowed = cache.groups[g].mask2d[:, None, :].bool()  # (B, 1, S + 1): the new token sees every real one
+            # its weights kept from the layer's own call, at a step that prunes (a warm-up step stays exact)
+            request = ScoreRequest(allowed) if capturing and cache.pruned else None
+            with _scored(layers[i].self_attn, request) as extra:
+                x = layers[i](
+                    x, attention_mask=masks[g], position_embeddings=pos_emb, position_ids=position_ids,
+                    **cache_kwarg(layers[i], cache.kv), use_cache=True, **extra,
+                )  # fmt: skip
+            if capturing:
+                self._capture(llm, i, h_in, position_ids, cache.kv, allowed, cache.groups[g], cache.visual_start,
+                              cache.num_visual, phase="decode", own=_kept_weights(request))  # fmt: skip
         hidden = llm.model.norm(x)[:, -1]
         return llm.lm_head(hidden), hidden
 
@@ -449,8 +500,15 @@ class AcceleratedRunner:
                                         attention_mask.clone(), visual_start.clone())  # fmt: skip
 
     # -------------------------------------------------------------------------------- attention probes
+    def _scores_from_layer(self, s: int) -> bool:
+        """Whether stage s's scores come from the score layer's own attention (``scored_attention``): when
+        its queries are all the prompt's rows, a side probe would repeat most of that layer. A few queries
+        (FastV's last, the text) stay a side probe, cheaper than keeping every row's weights; so do
+        FEATHER's RoPE-free keys (the layer's own are rotated) and VLA-Cache's partial rows."""
+        return self.method.stage_queries(s) == "all" and getattr(self.method, "score_rope", True)
+
     def _prompt_scores(self, llm, layer_idx, h_in, q_pos, q_index, chosen, kv, key_mask, key_index,
-                       visual_slots) -> Tensor:
+                       visual_slots, head_mean: Tensor | None = None) -> Tensor:
         """(B, C): mean over the chosen queries of their head-averaged attention to each visual token.
 
         h_in (B, S, D) the layer's input rows, q_pos / q_index (B, S) their RoPE positions and prompt
@@ -462,28 +520,39 @@ class AcceleratedRunner:
             raise ValueError("no query tokens of the requested kind in the prompt to score the visual tokens by")
         rows = torch.argsort((~chosen).to(torch.int8), dim=1, stable=True)[:, :n_q]  # (B, Q) chosen first
         q_w = chosen.gather(1, rows).float()  # (B, Q) 1 for a real chosen query, 0 for row padding
+        if head_mean is not None:  # the layer's own attention, every row a query: its chosen rows
+            probs = head_mean.gather(1, rows[..., None].expand(-1, -1, head_mean.shape[-1]))
+        else:
+            probs = self._side_probe(llm, layer_idx, h_in, q_pos, q_index, rows, kv, key_mask, key_index)
+        self.stats.attention_probes.append(("prefill" if head_mean is None else "prefill:own", layer_idx, n_q))
+        to_visual = probs.gather(2, visual_slots[:, None, :].expand(-1, n_q, -1))  # (B, Q, C)
+        return (to_visual * q_w[..., None]).sum(1) / q_w.sum(1, keepdim=True).clamp_min(1.0)
+
+    def _side_probe(self, llm, layer_idx, h_in, q_pos, q_index, rows, kv, key_mask, key_index) -> Tensor:
+        """(B, Q, K) the head-averaged attention of the query ``rows`` (B, Q), recomputed from the layer."""
         h_q = h_in.gather(1, rows[..., None].expand(-1, -1, h_in.shape[-1]))
         rope = getattr(self.method, "score_rope", True)  # FEATHER scores without RoPE: keys from the rows
         layer = llm.model.layers[layer_idx]
         keys = kv.layers[layer_idx].keys if rope else unrotated_keys(layer, h_in)  # (B, H_kv, K, hd)
         q_idx = q_index.gather(1, rows)
         allowed = (key_index[:, None, :] <= q_idx[..., None]) & key_mask.bool()[:, None, :]  # causal + padding
-        probs = query_attention(layer, llm.model.rotary_emb, h_q, q_pos.gather(1, rows), keys, allowed, rope)
-        self.stats.attention_probes.append(("prefill", layer_idx, n_q))
-        to_visual = probs.gather(2, visual_slots[:, None, :].expand(-1, n_q, -1))  # (B, Q, C)
-        return (to_visual * q_w[..., None]).sum(1) / q_w.sum(1, keepdim=True).clamp_min(1.0)
+        return query_attention(layer, llm.model.rotary_emb, h_q, q_pos.gather(1, rows), keys, allowed, rope)
 
-    def _capture(self, llm, layer_idx, h_q, q_pos, kv, allowed, group, visual_start, num_visual, phase) -> None:
-        """Record one action query's attention to the visual tokens, (B, M): the method's work, so "select"."""
+    def _capture(self, llm, layer_idx, h_q, q_pos, kv, allowed, group, visual_start, num_visual, phase,
+                 own: Tensor | None = None) -> None:
+        """Record one action query's attention to the visual tokens, (B, M): the method's work, so "select".
+        ``own`` (B, 1, S): the query's head-averaged weights kept from the layer's own attention; else a
+        side probe recomputes them."""
         with stage("select"):
-            self._capture_probe(llm, layer_idx, h_q, q_pos, kv, allowed, group, visual_start, num_visual, phase)
+            self.stats.attention_probes.append((phase if own is None else f"{phase}:own", layer_idx, 1))
+            if own is None:
+                own = query_attention(llm.model.layers[layer_idx], llm.model.rotary_emb, h_q, q_pos,
+                                      kv.layers[layer_idx].keys, allowed.bool())  # fmt: skip
+            self._record_action_attention(own[:, 0], group, visual_start, num_visual)
 
-    def _capture_probe(self, llm, layer_idx, h_q, q_pos, kv, allowed, group, visual_start, num_visual, phase):
-        """(B, M) with the tokens absent from this layer's cache (pruned before it) at 0; a layer before K
-        still sees them, and ``end_step`` zeroes them."""
-        probs = query_attention(llm.model.layers[layer_idx], llm.model.rotary_emb, h_q, q_pos,
-                                kv.layers[layer_idx].keys, allowed.bool())[:, 0]  # (B, S)  # fmt: skip
-        self.stats.attention_probes.append((phase, layer_idx, 1))
+    def _record_action_attention(self, probs: Tensor, group, visual_start, num_visual) -> None:
+        """probs (B, S) over this layer's cache -> (B, M) with the tokens absent from it (pruned before it)
+        at 0; a layer before K still sees them, and ``end_step`` zeroes them."""
         n_prompt = group.token_index.shape[1]
         if group.visual_slots is None:  # the same for the 7 captures of a step: computed once
             m = group.token_index - visual_start[:, None]  # (B, S_prompt) visual index of each cached slot
@@ -536,18 +605,82 @@ def _patch_grid(num_visual: int, cameras: int) -> tuple[int, int, int] | None:
 
 
 @contextmanager
-def _attention_output(attn_module, enabled: bool):
-    """Yields a list that receives the attention sublayer's output (B, S, D) of the next call when
-    ``enabled`` (a forward hook, removed at once); nothing is hooked otherwise."""
-    captured: list[Tensor] = []
+def _scored(attn_module, request: ScoreRequest | None):
+    """Yields the layer call's extra keyword arguments: with a request, the module's attention runs
+    through ``scored_attention`` and keeps its weights in it; without one, nothing changes."""
+    if request is None:
+        yield {}
+        return
+    with scored_call(attn_module):
+        yield {"score_request": request}
+
+
+def _kept_weights(request: ScoreRequest | None) -> Tensor | None:
+    """The weights a layer call kept, or None -- no request, or an attention class that does not dispatch
+    through transformers' AttentionInterface left it unfilled: the side probe then recomputes them."""
+    return None if request is None else request.head_mean
+
+
+def _prefill_request(st: _Prefill) -> ScoreRequest:
+    """Keep the weights of every current row: each query sees the rows up to its own prompt index (causal
+    over the original order, which pruning keeps) that are not padding -- the side probe's mask."""
+    idx = st.token_index
+    return ScoreRequest((idx[:, None, :] <= idx[..., None]) & st.mask2d.bool()[:, None, :])  # (B, S, S)
+
+
+@contextmanager
+def _sublayer_io(layer, enabled: bool):
+    """Yields a dict that receives, for the next call of the decoder ``layer`` when ``enabled``, each
+    sublayer's (input, output), (B, S, D) each: "attention" (input: the input RMSNorm's output; output: the
+    update added to the residual) and "mlp" (likewise after the post-attention RMSNorm). Forward hooks,
+    removed at once; nothing is hooked otherwise."""
+    captured: dict[str, tuple[Tensor, Tensor]] = {}
     if not enabled:
         yield captured
         return
-    handle = attn_module.register_forward_hook(lambda module, args, out: captured.append(out[0]))
+
+    def on_attention(module, args, kwargs, out):  # transformers calls self_attn(hidden_states=...)
+        captured["attention"] = (kwargs["hidden_states"] if "hidden_states" in kwargs else args[0], out[0])
+
+    handles = [layer.self_attn.register_forward_hook(on_attention, with_kwargs=True),
+               layer.mlp.register_forward_hook(lambda m, args, out: captured.__setitem__("mlp", (args[0], out)))]
     try:
         yield captured
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
+
+
+def _checked_step_budget(method: PruningMethod, num_visual: int, budget: int) -> int:
+    """The method's M~ for this control step (an adaptive wrapper's), checked to lie in [1, M]."""
+    step = int(method.step_budget(num_visual, budget))
+    if not 1 <= step <= num_visual:
+        raise ValueError(f"{method.name}: step budget {step} must be in [1, {num_visual}]")
+    return step
+
+
+def _merge_tokens(x: Tensor, slots: Tensor, merge_into: Tensor, x_kept: Tensor, kept_rows: Tensor,
+                  kept: Tensor, num_visual: int) -> Tensor:
+    """SparseVLM's recycling: each kept token that candidates are merged into continues with the mean of
+    their hidden states, in its own row (its original position id and KV slot); the others are unchanged.
+
+    x (B, S, D) the rows before the cut, slots (B, C) the candidates' rows in it, merge_into (B, C) the
+    visual index each candidate is merged into (-1: none, else one of ``kept``); x_kept (B, S', D) the rows
+    after the cut, kept_rows (B, M~) the kept visual tokens' rows in it, kept (B, M~) their visual indices."""
+    if merge_into.shape != slots.shape:
+        raise ValueError(f"merge_into must be (B, C) = {tuple(slots.shape)}, got {tuple(merge_into.shape)}")
+    B, D = merge_into.shape[0], x.shape[-1]
+    src = x.gather(1, slots[..., None].expand(-1, -1, D)).float()  # (B, C, D)
+    valid = (merge_into >= 0).float()[..., None]  # (B, C, 1)
+    target = merge_into.clamp_min(0)[..., None]
+    sums = src.new_zeros(B, num_visual, D).scatter_add_(1, target.expand(-1, -1, D), src * valid)
+    counts = src.new_zeros(B, num_visual, 1).scatter_add_(1, target, valid)
+    sums, counts = sums.gather(1, kept[..., None].expand(-1, -1, D)), counts.gather(1, kept[..., None])
+    if check_values(merge_into) and int(counts.sum()) != int(valid.sum()):
+        raise ValueError("merge_into names visual tokens that are not kept")
+    index = kept_rows[..., None].expand(-1, -1, D)
+    merged = torch.where(counts > 0, sums / counts.clamp_min(1.0), x_kept.gather(1, index).float())
+    return x_kept.scatter(1, index, merged.to(x_kept.dtype))
 
 
 def _zero_unkept(action: Tensor, kept: Tensor) -> Tensor:

@@ -8,6 +8,9 @@ Timing keys (conf/eval/default.yaml): eval.control_hz (null = env.control_hz), e
 eval.realtime, eval.latency_model (measured | fixed | scaled) with eval.latency_ms / eval.latency_scale,
 eval.hold_gripper; see vla_accel.harness.realtime for the real-time rule. With several suites eval_info.json
 also holds `timing_per_group` ({suite: timing block}).
+
+Scale-out: eval.shards=N splits the episodes into N jobs, eval.launcher=ray runs them as Ray tasks
+(eval.ray.*); vla_accel.harness.dispatch runs them and merges them here (`report`) into the same files.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from vla_accel.harness.results import (EPISODE_LOG_ONLY_KEYS, EpisodeLog, build_
 from vla_accel.harness.eval_config import EvalSchema
 from vla_accel.harness.realtime import LatencyModel
 from vla_accel.harness.rollout import RolloutTiming, run_episode, warm_up
+from vla_accel.harness.shards import select_shard
 from vla_accel.measure.timing_report import timing_block, timing_table
 from vla_accel.harness.task_selection import env_kwargs, resolve_suites, resolve_tasks
 from vla_accel.harness.video import write_mp4
@@ -151,12 +155,29 @@ def evaluate(cfg: DictConfig, output_dir: str | Path, console: Console | None = 
     """Run the evaluation that `cfg` (the composed `eval` app config) describes; return eval_info.
 
     With eval.resume=true, episodes already in output_dir/eval_episodes.jsonl are kept, not re-run.
+    With eval.shards > 1 or eval.launcher=ray the episodes run as shard jobs (vla_accel.harness.dispatch)
+    and are merged here into the same eval_info.json.
     """
     console = console or Console()
-    run = _prepare(cfg, Path(output_dir), console)
+    if is_dispatched(cfg.eval):
+        from vla_accel.harness.dispatch import evaluate_dispatched
+
+        return evaluate_dispatched(cfg, Path(output_dir), console)
+    run = prepare(cfg, Path(output_dir), console)
     start = time.perf_counter()
+    run_episodes(run)
+    return report(run, time.perf_counter() - start, console)
+
+
+def is_dispatched(ecfg) -> bool:
+    """True when the eval runs as shard jobs rather than in this process's own loop."""
+    return int(ecfg.get("shards", 1)) > 1 or ecfg.get("launcher", "basic") != "basic"
+
+
+def run_episodes(run: _EvalRun) -> None:
+    """Every planned episode not yet done, task by task, each appended to the episode log as it ends."""
     n_total = sum(len(g) for g in run.plan)
-    bar = tqdm(total=n_total, initial=len(run.done), desc="eval", unit="ep", disable=not cfg.eval.progress,
+    bar = tqdm(total=n_total, initial=len(run.done), desc="eval", unit="ep", disable=not run.cfg.eval.progress,
                dynamic_ncols=True)
     with EpisodeLog(run.log_path) as log:
         try:
@@ -164,17 +185,19 @@ def evaluate(cfg: DictConfig, output_dir: str | Path, console: Console | None = 
                 _run_group(run, group, log, bar)
         finally:
             bar.close()
-    return _report(run, time.perf_counter() - start, console)
 
 
-def _prepare(cfg: DictConfig, output_dir: Path, console: Console) -> _EvalRun:
-    """Check everything that can be checked before any env or policy is built; read a resumed log."""
+def prepare(cfg: DictConfig, output_dir: Path, console: Console, shard: tuple[int, int] | None = None) -> _EvalRun:
+    """Check everything that can be checked before any env or policy is built; read a resumed log.
+    shard=(k, n): plan only the k-th of n contiguous slices of the episodes (vla_accel.harness.shards)."""
     _check_eval_cfg(cfg.eval)
     output_dir.mkdir(parents=True, exist_ok=True)
     spec = policy_spec(cfg.policy)  # fail on an unknown policy type before building any env
     accel = accel_config(cfg)  # ... and on a bad accel config
     timing = rollout_timing(cfg)  # ... and on bad timing settings
     plan = plan_episodes(cfg)
+    if shard is not None:
+        plan = select_shard(plan, *shard)
     log_path = output_dir / EPISODE_LOG
     done = _finished_episodes(log_path, plan) if cfg.eval.get("resume", False) else {}
     if not done:
@@ -234,8 +257,8 @@ def _episode_record(ep: PlannedEpisode, rec) -> dict:
     }  # fmt: skip
 
 
-def _report(run: _EvalRun, eval_s: float, console: Console) -> dict:
-    """eval_info.json (results, timing block, per-suite timing) and the printed tables."""
+def report(run: _EvalRun, eval_s: float, console: Console, extra: dict | None = None) -> dict:
+    """eval_info.json (results, timing block, per-suite timing, then `extra`'s keys) and the printed tables."""
     cfg, plan = run.cfg, run.plan
     episodes = [run.records[ix] for ix in sorted(run.records)]
     per_episode = [{k: v for k, v in r.items() if k not in EPISODE_LOG_ONLY_KEYS} for r in episodes]
@@ -251,6 +274,7 @@ def _report(run: _EvalRun, eval_s: float, console: Console) -> dict:
     if len(suites) > 1:
         info["timing_per_group"] = {s: run_timing_block(run.timing, [r for r in episodes if r["suite"] == s],
                                                         run.n_warmup) for s in suites}
+    info.update(extra or {})
     write_json_atomic(run.output_dir / EVAL_INFO, info)
     print_results(info, console, title=f"eval: policy={cfg.policy.type}")
     if cfg.eval.get("timing_table", True) and info["timing"]["n_calls"]:

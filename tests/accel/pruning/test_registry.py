@@ -5,7 +5,7 @@ from vla_accel.accel.pruning import METHODS, build_method
 
 def test_registry_lists_every_method():
     expected = {"vla_pruner", "fastv", "text_guided", "divprune", "efficientvla_tokens", "random", "uniform",
-                "fastervlm", "vtc_cls", "todre", "feather", "hiprune"}
+                "fastervlm", "vtc_cls", "todre", "feather", "hiprune", "transprune", "adaptive"}
     assert set(METHODS) == expected
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from vla_accel.registry import lookup
 from vla_accel.accel.pruning.base import PruningMethod, SelectionContext
+from vla_accel.accel.pruning.adaptive import AdaptiveBudget
 from vla_accel.accel.pruning.divprune import DivPrune
 from vla_accel.accel.pruning.efficientvla_tokens import EfficientVLATokens
 from vla_accel.accel.pruning.fastervlm import FasterVLM
@@ -17,13 +18,14 @@ from vla_accel.accel.pruning.hiprune import HiPrune
 from vla_accel.accel.pruning.random_select import RandomSelect
 from vla_accel.accel.pruning.text_guided import TextGuided
 from vla_accel.accel.pruning.todre import ToDRE
+from vla_accel.accel.pruning.transprune import TransPrune
 from vla_accel.accel.pruning.uniform import UniformGrid
 from vla_accel.accel.pruning.vla_pruner import VLAPruner
 from vla_accel.accel.pruning.vtc_cls import VTCCLS
 
 METHODS: dict[str, type[PruningMethod]] = {
     cls.name: cls for cls in (VLAPruner, FastV, TextGuided, DivPrune, EfficientVLATokens, RandomSelect, UniformGrid,
-                              FasterVLM, VTCCLS, ToDRE, Feather, HiPrune)
+                              FasterVLM, VTCCLS, ToDRE, Feather, HiPrune, TransPrune, AdaptiveBudget)
 }
 
 

@@ -21,7 +21,14 @@ Methods that need more declare it through these hooks (each off by default, so n
   s-1's tokens; its scores are read at the last executed layer before K_s, over the tokens still kept
   (``SelectionContext.candidates``); :meth:`stage_queries` says whose attention, per stage.
 - :meth:`transition_layers`: LLM layers whose visual tokens' hidden-state transitions the runner scores
-  with :meth:`transition_score` (TransPrune's TTV) into ``SelectionContext.transition_scores``.
+  with :meth:`transition_score` (TransPrune's TTV) into ``SelectionContext.transition_scores``: for each
+  sublayer ("attention", "mlp") its input (after the layer's RMSNorm) and its output (the residual
+  update), as the layer computed them.
+- token merging (SparseVLM's recycling): :meth:`select_and_merge` answers the kept indices plus, per
+  candidate token, the kept token it is averaged into (``needs_visual_hidden``: the runner then hands
+  the candidates' hidden states entering layer K in ``SelectionContext.visual_hidden``).
+- per-step budgets (adaptive wrappers, ``pruning/adaptive.py``): :meth:`step_budget` may change this
+  control step's M~; :meth:`observe_actions` receives the actions the policy produced at each step.
 """
 
 from __future__ import annotations
@@ -57,6 +64,9 @@ class SelectionContext:
     candidates: Tensor | None = None
     encoder_attention: dict[int, Tensor] | None = None  # encoder block -> (B, M) (the method's probe)
     transition_scores: dict[int, Tensor] | None = None  # LLM layer -> (B, M), 0 where a token was absent
+    # (B, C, D) the candidates' hidden states entering layer K (only when the method's
+    # ``needs_visual_hidden``; before the LLM: their input embeddings); None otherwise
+    visual_hidden: Tensor | None = None
     grid: tuple[int, int, int] | None = None  # (cameras, rows, cols) of the patch grid; None if not square
 
     @property
@@ -115,9 +125,34 @@ class PruningMethod(ABC):
         """False while the method cannot prune yet (VLA-Pruner's warm-up); the step then runs unpruned."""
         return True
 
+    @property
+    def needs_visual_hidden(self) -> bool:
+        """Whether :meth:`select_and_merge` reads ``ctx.visual_hidden`` (the runner gathers it only then)."""
+        return False
+
+    @property
+    def action_layer(self) -> int | None:
+        """The explicit layer of the action-attention capture (VLA-Pruner's ``action_layer``), or None."""
+        return getattr(self.params, "action_layer", None)
+
     @abstractmethod
     def select(self, ctx: SelectionContext) -> Tensor:
         """Kept visual-token indices, (B, budget) long in [0, M), sorted ascending per row."""
+
+    def select_and_merge(self, ctx: SelectionContext) -> tuple[Tensor, Tensor | None]:
+        """(kept, merge_into): ``kept`` as :meth:`select`; ``merge_into`` (B, C) long, aligned with
+        ``ctx.candidate_index()``: the visual index of the kept token each candidate is averaged into, -1
+        for none (None: no merging, the default). A kept token that some candidates name continues from
+        layer K with the mean of their hidden states, at its own original position id."""
+        return self.select(ctx), None
+
+    def step_budget(self, num_visual: int, budget: int) -> int:
+        """This control step's M~ (in [1, M]; M = the step runs unpruned) given the config's ``budget``."""
+        return budget
+
+    def observe_actions(self, actions: Tensor) -> None:
+        """The actions the policy produced at the step just finished, (B, H, A) normalised to [-1, 1]
+        (H: the executed part of a chunk; 1 for OpenVLA)."""
 
     def encoder_attention_probe(self) -> Any:
         """A fresh ``vision.AttentionProbe`` naming the encoder blocks whose attention this method reads,
@@ -141,9 +176,10 @@ class PruningMethod(ABC):
         """LLM layers whose visual-token transitions feed :meth:`transition_score` (none by default)."""
         return ()
 
-    def transition_score(self, h_in: Tensor, attn_update: Tensor, h_out: Tensor) -> Tensor:
-        """(B, C) per-token score of one layer from its visual tokens' input, attention-sublayer update
-        and output, each (B, C, D)."""
+    def transition_score(self, sublayers: dict[str, tuple[Tensor, Tensor]]) -> Tensor:
+        """(B, C) per-token score of one layer's transition: ``sublayers`` maps "attention" and "mlp" to
+        (input, output) of that sublayer for the C visual tokens still kept, each (B, C, D): the input
+        after the layer's RMSNorm, the output before the residual add."""
         raise NotImplementedError
 
     def observe_step(self, action_attention: Tensor) -> None:

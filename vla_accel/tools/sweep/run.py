@@ -10,10 +10,14 @@ from conf/sweep.yaml); `bench.<key>=...` go to the bench pass only; every other 
 override handed unchanged to each eval job (and, less eval.* / hydra.*, to the bench), e.g. env=...,
 policy=..., eval.n_episodes=..., hydra.launcher.n_jobs=....
 
-The scale-out is Hydra's own: each Cartesian block of the sweep (see SweepSpec.multirun_parts) is one
-`vla-accel eval -m accel=a,b accel.keep_ratio=... hydra/launcher=<basic|joblib|ray>` in a child
-process, so the launcher plugins (one process, joblib on this machine, Ray on a cluster) schedule the
-jobs; this module only composes the command lines and reads the results back. Nothing runs before the
+On this machine the scale-out is Hydra's own: each Cartesian block of the sweep (see
+SweepSpec.multirun_parts) is one `vla-accel eval -m accel=a,b accel.keep_ratio=... hydra/launcher=<basic|joblib>`
+in a child process, so the launcher plugin (one process, or joblib's processes) schedules the jobs; this
+module only composes the command lines and reads the results back. With sweep.launcher=ray every job
+(every shard, with eval.shards=N) is a Ray task submitted through Ray's own API
+(vla_accel.tools.sweep.ray_sweep, vla_accel.harness.dispatch), to a local instance or an existing
+cluster (sweep.ray.*), and its results come back through Ray into the same directory layout; Hydra's
+Ray launcher plugin is not used (README, "Sweeps": it cannot join an existing cluster). Nothing runs before the
 whole spec -- every job's composed eval config -- has been checked. A child process rather than Hydra's
 multirun in this process: Hydra keeps per-process global state (GlobalHydra, HydraConfig), and the
 printed child command is exactly what a user can type. By hand, the same is
@@ -43,7 +47,7 @@ from vla_accel.tools.sweep.spec import BASELINE, MultirunPart, SweepSpec
 
 CONFIG_MODULE = "vla_accel.conf"
 LAUNCHER_PLUGINS = {"joblib": ("hydra_plugins.hydra_joblib_launcher", "pip install hydra-joblib-launcher"),
-                    "ray": ("hydra_plugins.hydra_ray_launcher", "pip install 'vla-accel[ray]'")}
+                    "ray": ("ray", "pip install -e .[ray] (or pip install 'vla-accel[ray]')")}
 
 
 def split_args(args: list[str]) -> tuple[list[str], list[str], list[str]]:
@@ -93,9 +97,10 @@ def merge_overrides(preset: tuple[str, ...] | list[str], cli: list[str]) -> list
     return [o for o in preset if key(o) not in cli_keys] + list(cli)
 
 
-def preflight(spec: SweepSpec, eval_args: list[str]) -> None:
+def preflight(spec: SweepSpec, eval_args: list[str]) -> dict:
     """Compose and check every job's eval config before any job starts: config groups and values
-    (Hydra), the suite and task ids, the eval settings, the policy type, each accel config."""
+    (Hydra), the suite and task ids, the eval settings, the policy type, each accel config.
+    Returns {point: its composed eval config}."""
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
 
@@ -106,6 +111,7 @@ def preflight(spec: SweepSpec, eval_args: list[str]) -> None:
 
     job_args = [a for a in eval_args if not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
     register_configs()
+    cfgs = {}
     with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
         for point in spec.points():
             try:
@@ -128,6 +134,8 @@ def preflight(spec: SweepSpec, eval_args: list[str]) -> None:
             if path and not resolve_path(path).exists():
                 raise ValueError(f"policy.path={path!r} does not exist (tried from the working directory and "
                                  f"from the repository root {REPO_ROOT})")
+            cfgs[point] = cfg
+    return cfgs
 
 
 def check_launcher(launcher: str) -> None:
@@ -141,8 +149,6 @@ def launcher_overrides(spec: SweepSpec) -> list[str]:
     out = [f"hydra/launcher={spec.launcher}"]
     if spec.launcher == "joblib" and spec.n_jobs is not None:
         out.append(f"hydra.launcher.n_jobs={spec.n_jobs}")
-    if spec.launcher == "ray" and spec.ray_address:
-        out.append(f"hydra.launcher.ray.init.address={spec.ray_address}")
     return out
 
 
@@ -166,6 +172,13 @@ def bench_command(spec: SweepSpec, eval_args: list[str], sweep_dir: Path) -> lis
             *spec.prune_layer_overrides("bench"), *spec.bench_overrides, f"hydra.run.dir={sweep_dir / 'bench'}"]
 
 
+def _run_multiruns(spec: SweepSpec, eval_args: list[str], sweep_dir: Path, console: Console) -> None:
+    for part in spec.multirun_parts():
+        cmd = eval_multirun_command(part, spec, eval_args, sweep_dir)
+        console.print(f"[bold]$ vla-accel eval -m[/bold] {' '.join(cmd[5:])}")
+        launch(cmd)  # a failed job shows as a missing eval_info.json below, whatever the launcher returns
+
+
 def launch(cmd: list[str]) -> int:
     """Run one child command (an eval multirun or the bench pass); its output streams through."""
     return subprocess.run(cmd, check=False).returncode
@@ -187,14 +200,16 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, console: Console | None = None) 
     console = console or _wide_console()
     eval_args = list(spec.eval_overrides)
     check_launcher(spec.launcher)
-    preflight(spec, eval_args)
+    cfgs = preflight(spec, eval_args)
     points = spec.points()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"sweep: {len(points)} configurations -> {sweep_dir}\n  " + ", ".join(p.label for p in points))
-    for part in spec.multirun_parts():
-        cmd = eval_multirun_command(part, spec, eval_args, sweep_dir)
-        console.print(f"[bold]$ vla-accel eval -m[/bold] {' '.join(cmd[5:])}")
-        launch(cmd)  # a failed job shows as a missing eval_info.json below, whatever the launcher returns
+    if spec.launcher == "ray":
+        from vla_accel.tools.sweep.ray_sweep import run_ray_jobs
+
+        run_ray_jobs(spec, cfgs, sweep_dir, console)  # a failed job: its eval.log, no eval_info.json
+    else:
+        _run_multiruns(spec, eval_args, sweep_dir, console)
     from vla_accel.tools.sweep.aggregate import BENCH_JSON, find_eval_infos
 
     found = find_eval_infos(sweep_dir)

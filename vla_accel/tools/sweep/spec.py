@@ -10,6 +10,7 @@ presets that do not prune, such as `none` and `vla_cache`, so those run once per
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from vla_accel.registry import did_you_mean
 from vla_accel.tools.sweep.sweep_config import typed
 
 BASELINE = "none"  # the accel preset that runs the policy unaccelerated
-LAUNCHERS = ("basic", "joblib", "ray")  # Hydra launcher plugins a sweep can hand its eval jobs to
+LAUNCHERS = ("basic", "joblib", "ray")  # Hydra's basic / joblib launchers, or Ray tasks (harness.dispatch)
 
 
 def accel_presets() -> dict[str, dict]:
@@ -96,9 +97,12 @@ class SweepSpec:
     keep_ratios: the budgets for the pruning presets, each in (0, 1].
     skip_layers: layer-skip settings, each a list of LLM layer indices ([] = no skipping).
     launcher: the Hydra launcher plugin for the eval jobs (basic = one after another in one process,
-      joblib = parallel processes on this machine, ray = Ray tasks, local or on a cluster).
+      joblib = parallel processes on this machine, ray = Ray tasks through Ray's own API, a local instance
+      or an existing cluster: vla_accel.harness.dispatch).
     n_jobs: joblib's parallel processes (null = its default, every core).
-    ray_address: the Ray cluster to join (null = start a local Ray instance).
+    ray_address: the Ray cluster to join (null = start a local Ray instance); the same as ray["address"].
+    ray: the RaySchema keys (vla_accel.harness.cluster_config): address, auth_token_path, num_cpus and
+      num_gpus per job, env_vars, ship_code, max_ship_mb, local_num_cpus.
     bench: run `vla-accel bench` over the same points in one process after the evals (interleaved
       timing; the sweep's speedups come from it).
     eval_overrides: overrides for every eval job (env=..., policy=..., eval.n_episodes=...); the bench
@@ -118,6 +122,7 @@ class SweepSpec:
     eval_overrides: tuple[str, ...] = ()
     bench_overrides: tuple[str, ...] = ()
     prune_layer: int | None = None
+    ray: Mapping[str, Any] = field(default_factory=dict, hash=False)
     presets: Mapping[str, dict] = field(default_factory=accel_presets, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -173,14 +178,31 @@ class SweepSpec:
             if not o.lstrip("+~").startswith("bench.") or "=" not in o:
                 raise ValueError(f"sweep.bench_overrides holds bench.<key>=<value> overrides, got {o!r}")
         object.__setattr__(self, "eval_overrides", tuple(self.eval_overrides))
+        self._check_ray()
         object.__setattr__(self, "bench_overrides", tuple(self.bench_overrides))
+
+    def _check_ray(self) -> None:
+        """ray: RaySchema's keys; ray_address fills ray.address (two different addresses raise)."""
+        from vla_accel.harness.cluster_config import RaySchema
+
+        ray = dict(self.ray or {})
+        if self.ray_address and ray.get("address") not in (None, self.ray_address):
+            raise ValueError(f"sweep.ray_address={self.ray_address!r} and sweep.ray.address={ray['address']!r} "
+                             "differ; set one")
+        if self.ray_address:
+            ray["address"] = self.ray_address
+        try:
+            checked = RaySchema(**ray)
+        except TypeError as e:
+            raise ValueError(f"sweep.ray: {e}") from e
+        object.__setattr__(self, "ray", dataclasses.asdict(checked))
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> SweepSpec:
         """From the `sweep` node (composed through SweepSchema, or a dict: typed here by the same rules);
         unknown keys raise."""
         d = typed(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg))
-        known = {"methods", "keep_ratios", "skip_layers", "launcher", "n_jobs", "ray_address", "bench",
+        known = {"methods", "keep_ratios", "skip_layers", "launcher", "n_jobs", "ray_address", "ray", "bench",
                  "eval_overrides", "bench_overrides", "prune_layer"}
         if unknown := sorted(set(d) - known):
             raise ValueError(f"sweep config: unknown key(s) {unknown}; valid: {sorted(known)}")

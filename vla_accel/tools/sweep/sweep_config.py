@@ -12,6 +12,7 @@ from typing import List, Optional
 from omegaconf import OmegaConf
 
 from vla_accel.conf import store_schema
+from vla_accel.harness.cluster_config import RaySchema
 
 
 @dataclass
@@ -22,7 +23,8 @@ class SweepSchema:
     prune_layer: Optional[int] = 1  # K for every pruning preset (null = the preset's own)
     launcher: str = "joblib"  # basic | joblib | ray
     n_jobs: Optional[int] = 2  # joblib: parallel processes (null = every core)
-    ray_address: Optional[str] = None
+    ray_address: Optional[str] = None  # the same as ray.address (kept: the README documented it first)
+    ray: RaySchema = field(default_factory=RaySchema)  # launcher=ray: cluster, token, resources per job
     bench: bool = True
     output_dir: Optional[str] = None  # null = multirun/sweep/<date>/<time>
     eval_overrides: List[str] = field(default_factory=lambda: ["env=goal", "policy=cogact_goal", "eval.n_episodes=2"])
