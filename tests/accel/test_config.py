@@ -26,7 +26,8 @@ COMPOSED_BEFORE = {
                             "prune_layer": 3, "params": {"k_key": 4, "alpha": 0.5}},
     "fastv": {**_OFF, **_PRUNING, "name": "fastv", "method": "fastv", "prune_layer": 2},
     "random": {**_OFF, **_PRUNING, "name": "random", "method": "random", "prune_layer": 0, "params": {"seed": 0}},
-    "text_guided": {**_OFF, **_PRUNING, "name": "text_guided", "method": "text_guided", "prune_layer": 3},
+    "text_guided": {**_OFF, **_PRUNING, "name": "text_guided", "method": "text_guided", "prune_layer": 3,
+                    "params": {"recycle_tokens": 0}},  # fmt: skip
     "uniform": {**_OFF, **_PRUNING, "name": "uniform", "method": "uniform", "prune_layer": 0},
     "vla_cache": {**_OFF, "name": "vla_cache", "reuse": {"static_threshold": 0.996, "max_static": 150,
                                                          "num_relevant": 100, "relevance_layer": None}},

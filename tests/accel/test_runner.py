@@ -135,7 +135,8 @@ def test_score_attention_matches_eager_attention_maps(llm):
 def test_attention_is_computed_only_at_the_requested_layers(llm, monkeypatch):
     calls = []
     real_fn = runner_mod.query_attention
-    monkeypatch.setattr(runner_mod, "query_attention", lambda layer, *a: calls.append(layer) or real_fn(layer, *a))
+    monkeypatch.setattr(runner_mod, "query_attention",
+                        lambda layer, *a, **kw: calls.append(layer) or real_fn(layer, *a, **kw))  # fmt: skip
     layers = list(llm.model.layers)
     prompt, tokens = make_prompt(), decode_tokens(2, batch=3)
     run(AcceleratedRunner(pruning("fastv", layer=3)), llm, prompt, tokens)

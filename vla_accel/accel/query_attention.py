@@ -20,6 +20,7 @@ def query_attention(
     keys: Tensor,  # (B, H_kv, S, hd) post-RoPE keys of this layer (from the KV cache)
     allowed: Tensor,  # (B, Q, S) bool, which keys each query may attend to (causal and padding)
     rope: bool = True,  # False: the query is not rotated (pass un-rotated keys: ``unrotated_keys``; FEATHER)
+    cos_sin: tuple[Tensor, Tensor] | None = None,  # (B, Q, hd) each: the queries' rows of the layer's own
 ) -> Tensor:
     """Head-averaged softmax attention of the queries over the S keys: (B, Q, S) float32.
 
@@ -31,7 +32,9 @@ def query_attention(
     h = layer.input_layernorm(hidden_in)
     q = attn.q_proj(h).view(B, Q, -1, attn.head_dim).transpose(1, 2)  # (B, H, Q, hd)
     if rope:
-        cos, sin = rotary_emb(h, query_pos)  # (B, Q, hd)
+        # the layer's own (cos, sin) rows equal a recomputation bit for bit: each entry is one product
+        # position * frequency (an outer product), then cos / sin, elementwise -- so they are reused
+        cos, sin = cos_sin if cos_sin is not None else rotary_emb(h, query_pos)  # (B, Q, hd)
         q = q * cos[:, None] + rotate_half(q) * sin[:, None]
     k = repeat_kv(keys, attn.num_key_value_groups)  # (B, H, S, hd)
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scaling  # (B, H, Q, S)

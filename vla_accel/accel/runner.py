@@ -397,16 +397,17 @@ class AcceleratedRunner:
                 chosen = _chosen_queries(self.method.stage_queries(s), st.mask2d, text)
                 own = _kept_weights(request) if scores_from_layer else None
                 st.scores = self._prompt_scores(llm, i, h_in, st.pos, st.token_index, chosen, st.kv, st.mask2d,
-                                                st.token_index, _visual_slots(st), own)  # fmt: skip
+                                                st.token_index, _visual_slots(st), own, st.pos_emb)  # fmt: skip
         if i == plan.relevance_layer:
             real = st.attention_mask.bool().gather(1, st.token_index)
             chosen = st.text_mask.bool().gather(1, st.token_index) & real
             all_keys = torch.arange(st.attention_mask.shape[1], device=h_in.device).expand_as(st.attention_mask)
             st.relevance = self._prompt_scores(llm, i, h_in, st.pos, st.token_index, chosen, st.kv,
-                                               st.attention_mask, all_keys, st.visual_idx)  # fmt: skip
+                                               st.attention_mask, all_keys, st.visual_idx, None, st.pos_emb)  # fmt: skip
         if capturing:  # a side probe: the last row of an S-row product can round differently from a 1-row one
+            last_cos_sin = tuple(t[:, -1:] for t in st.pos_emb)
             self._capture(llm, i, h_in[:, -1:], st.pos[:, -1:], st.kv, st.mask2d[:, None, :], st.groups[-1],
-                          st.visual_start, st.num_visual, phase="prefill")  # fmt: skip
+                          st.visual_start, st.num_visual, phase="prefill", cos_sin=last_cos_sin)  # fmt: skip
 
     def _score_transitions(self, st: _Prefill, i: int, sublayers: dict[str, tuple[Tensor, Tensor]]) -> None:
         """TransPrune: the method's score of layer i's transition of every visual token still kept, as a
@@ -508,7 +509,7 @@ class AcceleratedRunner:
         return self.method.stage_queries(s) == "all" and getattr(self.method, "score_rope", True)
 
     def _prompt_scores(self, llm, layer_idx, h_in, q_pos, q_index, chosen, kv, key_mask, key_index,
-                       visual_slots, head_mean: Tensor | None = None) -> Tensor:
+                       visual_slots, head_mean: Tensor | None = None, pos_emb=None) -> Tensor:
         """(B, C): mean over the chosen queries of their head-averaged attention to each visual token.
 
         h_in (B, S, D) the layer's input rows, q_pos / q_index (B, S) their RoPE positions and prompt
@@ -523,23 +524,28 @@ class AcceleratedRunner:
         if head_mean is not None:  # the layer's own attention, every row a query: its chosen rows
             probs = head_mean.gather(1, rows[..., None].expand(-1, -1, head_mean.shape[-1]))
         else:
-            probs = self._side_probe(llm, layer_idx, h_in, q_pos, q_index, rows, kv, key_mask, key_index)
+            probs = self._side_probe(llm, layer_idx, h_in, q_pos, q_index, rows, kv, key_mask, key_index, pos_emb)
         self.stats.attention_probes.append(("prefill" if head_mean is None else "prefill:own", layer_idx, n_q))
         to_visual = probs.gather(2, visual_slots[:, None, :].expand(-1, n_q, -1))  # (B, Q, C)
         return (to_visual * q_w[..., None]).sum(1) / q_w.sum(1, keepdim=True).clamp_min(1.0)
 
-    def _side_probe(self, llm, layer_idx, h_in, q_pos, q_index, rows, kv, key_mask, key_index) -> Tensor:
-        """(B, Q, K) the head-averaged attention of the query ``rows`` (B, Q), recomputed from the layer."""
+    def _side_probe(self, llm, layer_idx, h_in, q_pos, q_index, rows, kv, key_mask, key_index, pos_emb) -> Tensor:
+        """(B, Q, K) the head-averaged attention of the query ``rows`` (B, Q), recomputed from the layer;
+        ``pos_emb``: the rows' (cos, sin), (B, S, hd) each, or None to recompute them."""
         h_q = h_in.gather(1, rows[..., None].expand(-1, -1, h_in.shape[-1]))
         rope = getattr(self.method, "score_rope", True)  # FEATHER scores without RoPE: keys from the rows
         layer = llm.model.layers[layer_idx]
         keys = kv.layers[layer_idx].keys if rope else unrotated_keys(layer, h_in)  # (B, H_kv, K, hd)
         q_idx = q_index.gather(1, rows)
         allowed = (key_index[:, None, :] <= q_idx[..., None]) & key_mask.bool()[:, None, :]  # causal + padding
-        return query_attention(layer, llm.model.rotary_emb, h_q, q_pos.gather(1, rows), keys, allowed, rope)
+        cos_sin = None
+        if pos_emb is not None:
+            cos_sin = tuple(t.gather(1, rows[..., None].expand(-1, -1, t.shape[-1])) for t in pos_emb)
+        return query_attention(layer, llm.model.rotary_emb, h_q, q_pos.gather(1, rows), keys, allowed, rope,
+                               cos_sin)  # fmt: skip
 
     def _capture(self, llm, layer_idx, h_q, q_pos, kv, allowed, group, visual_start, num_visual, phase,
-                 own: Tensor | None = None) -> None:
+                 own: Tensor | None = None, cos_sin=None) -> None:
         """Record one action query's attention to the visual tokens, (B, M): the method's work, so "select".
         ``own`` (B, 1, S): the query's head-averaged weights kept from the layer's own attention; else a
         side probe recomputes them."""
@@ -547,7 +553,7 @@ class AcceleratedRunner:
             self.stats.attention_probes.append((phase if own is None else f"{phase}:own", layer_idx, 1))
             if own is None:
                 own = query_attention(llm.model.layers[layer_idx], llm.model.rotary_emb, h_q, q_pos,
-                                      kv.layers[layer_idx].keys, allowed.bool())  # fmt: skip
+                                      kv.layers[layer_idx].keys, allowed.bool(), cos_sin=cos_sin)  # fmt: skip
             self._record_action_attention(own[:, 0], group, visual_start, num_visual)
 
     def _record_action_attention(self, probs: Tensor, group, visual_start, num_visual) -> None:
