@@ -143,8 +143,8 @@ def test_attention_is_computed_only_at_the_requested_layers(llm, monkeypatch):
     assert calls == [layers[2]]  # one probe: layer K-1 at prefill; none in decode
     calls.clear()
     runner = AcceleratedRunner(pruning("vla_pruner", layer=3, window=1, action_layer=4))
-    run(runner, llm, prompt, tokens)  # warm-up step: only the action layer (prefill last query + 2 decodes)
-    assert calls == [layers[4]] * 3
+    run(runner, llm, prompt, tokens)  # warm-up step: only the action layer's prefill query (decodes: own weights)
+    assert calls == [layers[4]]
     calls.clear()
     run(runner, llm, prompt, tokens)
     # a pruning step: all 30 queries' scores and the 2 decoded action queries' weights come from the layers'

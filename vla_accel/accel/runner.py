@@ -7,8 +7,8 @@ prefill
     runs the executed layers (skipped layers are never entered). At the score layer K-1 it reads the
     head-averaged attention of ONLY the queries the pruning method asks for: a few (FastV's last, the
     text) recomputed on the side (``query_attention``; the layer keeps SDPA), all of them (VLA-Pruner) kept
-    from the layer's own attention (``scored_attention``; the same bits, without repeating the layer's
-    q projection, scores and softmax). Before layer K it gathers each row's kept tokens -- every non-visual token
+    from the layer's own attention (``scored_attention``: the same bits, without repeating the layer's
+    RMSNorm, q projection and RoPE; the layer's output unchanged). Before layer K it gathers each row's kept tokens -- every non-visual token
     plus the method's M~ visual tokens, in their original order and with their ORIGINAL position ids --
     and runs layers K.. on that shorter sequence, so their KV-cache entries hold only kept tokens while
     layers < K hold the full prompt (transformers' DynamicCache keeps one tensor per layer, and each
@@ -18,8 +18,8 @@ decode_one_token
 action attention
     for methods that need it (VLA-Pruner), the attention the action queries pay the visual tokens at
     ``action_layer``: the last prefill query (OpenVLA's first action token / CogACT's cognition token)
-    and every decoded query of the step (a decoded query's weights kept from the layer's own call at a
-    step that prunes; a warm-up step stays the base policy's bit for bit); their mean, as a (B, M) map with the tokens not kept at this
+    and every decoded query of the step (a decoded query's weights kept from the layer's own call,
+    ``scored_attention``); their mean, as a (B, M) map with the tokens not kept at this
     step set to 0 (an action layer before K still sees them), is handed to the method at ``end_step()``.
 timing
     the pruning method's own work -- the score-layer probe, the action-attention capture, ``select`` and
@@ -102,7 +102,6 @@ class AcceleratedCache:
     visual_start: Tensor  # (B,) long
     num_visual: int
     capture_action: bool  # whether decode steps record the action queries' attention
-    pruned: bool = False  # whether this step pruned (its captures may then use the layer's own weights)
 
 
 @dataclass
@@ -427,8 +426,7 @@ class AcceleratedRunner:
         logits = llm.lm_head(hidden)  # (B, V)
         if self.config.reuse is not None:
             self._remember_for_reuse(st.kv, st.relevance, st.attention_mask, st.visual_start)
-        cache = AcceleratedCache(st.kv, st.groups, st.group_of_layer, st.visual_start, st.num_visual, st.capture,
-                                 st.prune)  # fmt: skip
+        cache = AcceleratedCache(st.kv, st.groups, st.group_of_layer, st.visual_start, st.num_visual, st.capture)
         return PrefillResult(logits=logits, hidden=hidden, cache=cache, next_position=st.pos[:, -1] + 1)
 
     # ------------------------------------------------------------------------------------------- decode
@@ -453,8 +451,7 @@ class AcceleratedRunner:
             h_in = x
             capturing = cache.capture_action and i == plan.action_layer
             allowed = cache.groups[g].mask2d[:, None, :].bool()  # (B, 1, S + 1): the new token sees every real one
-            # its weights kept from the layer's own call, at a step that prunes (a warm-up step stays exact)
-            request = ScoreRequest(allowed) if capturing and cache.pruned else None
+            request = ScoreRequest(allowed) if capturing else None  # its weights kept from the layer's own call
             with _scored(layers[i].self_attn, request) as extra:
                 x = layers[i](
                     x, attention_mask=masks[g], position_embeddings=pos_emb, position_ids=position_ids,
@@ -617,7 +614,7 @@ def _scored(attn_module, request: ScoreRequest | None):
     if request is None:
         yield {}
         return
-    with scored_call(attn_module):
+    with scored_call(attn_module, request):
         yield {"score_request": request}
 
 

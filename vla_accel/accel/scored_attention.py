@@ -1,15 +1,17 @@
 """The score layer's own attention, its weights kept: an all-query probe at the cost of a head mean.
 
-VLA-Pruner's semantic score averages the head-averaged attention of ALL prefill queries at layer K-1.
-Recomputing those rows on the side (``query_attention``) repeats that layer's q projection, its S x S
-scores and their softmax -- about two thirds of a layer at hidden 1024 on a CPU. Instead, that one layer's
-attention runs through ``scored_attention_forward`` (an entry of transformers' AttentionInterface, chosen
-for that module and that call only) which computes the probabilities with ``query_attention``'s very
-operations -- float32 q k^T * scaling, the same boolean causal + padding mask, softmax, 0 for a query
-with no key -- keeps their mean over the heads, and multiplies them with the values for the layer's
-output. The scores are therefore bit for bit the side probe's (tests/accel/test_scored_attention.py),
-the layer's output differs from SDPA's only by rounding (the weights are applied in the model's dtype,
-as transformers' eager attention does), and with pruning off nothing here runs.
+VLA-Pruner's semantic score averages the head-averaged attention of ALL prefill queries at layer K-1,
+and its action score reads each decoded action query at the action layer. Recomputing those rows on
+the side (``query_attention``) repeats the layer's RMSNorm, q projection and RoPE (at hidden 1024 the q
+projection of ~280 rows is the largest part). Instead, that layer's attention runs through
+``scored_attention_forward`` (an entry of transformers' AttentionInterface, chosen for that module and
+that call only): from the layer's own post-RoPE queries and keys it computes the probabilities with
+``query_attention``'s very operations -- float32 q k^T * scaling, the same boolean causal + padding
+mask, softmax, 0 for a query with no key -- keeps their mean over the heads, and hands the call to the
+module's own attention function for the output. The weights are therefore bit for bit the side probe's
+wherever the query rows are the same matrix (all rows of a prefill, the one row of a decode step;
+tests/accel/test_scored_attention.py), the layer's output is exactly what it is without the request, and
+with pruning off nothing here runs.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.llama.modeling_llama import repeat_kv
+from transformers.models.llama.modeling_llama import eager_attention_forward, repeat_kv
 
 ATTENTION_NAME = "vla_accel_scored"
 
@@ -33,35 +35,38 @@ class ScoreRequest:
 
     allowed: Tensor
     head_mean: Tensor | None = None
+    implementation: str | None = None  # the module's own attention implementation (set by scored_call)
 
 
 def scored_attention_forward(
     module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask, scaling: float,
     dropout: float = 0.0, **kwargs,
-) -> tuple[Tensor, None]:
-    """(B, H, S, hd) query / (B, H_kv, S, hd) key, value -> the attention output (B, S, H, hd), as the
-    interface's other entries return it; the probabilities' head mean goes to ``kwargs["score_request"]``.
-    ``attention_mask`` (the model's own, whatever its form) is ignored: the request's mask is the
-    probe's, so both computations see exactly the same keys."""
-    request: ScoreRequest = kwargs["score_request"]
+):
+    """(B, H, S, hd) query / (B, H_kv, S, hd) key, value -> what the module's own attention function
+    returns; the probabilities' head mean goes to ``kwargs["score_request"]``, computed with the request's
+    boolean mask (the probe's), not the model's ``attention_mask`` (whose form depends on the backend)."""
+    request: ScoreRequest = kwargs.pop("score_request")
     k = repeat_kv(key, module.num_key_value_groups)
-    v = repeat_kv(value, module.num_key_value_groups)
     scores = torch.matmul(query.float(), k.float().transpose(-1, -2)) * scaling  # (B, H, S, S)
     scores = scores.masked_fill(~request.allowed[:, None], float("-inf"))
     probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)  # a padding query with no key -> zeros
     request.head_mean = probs.mean(dim=1)
-    out = torch.matmul(probs.to(value.dtype), v)  # (B, H, S, hd)
-    return out.transpose(1, 2).contiguous(), None
+    # the output from the module's own attention function (SDPA, eager, ...) on the same arguments: the
+    # layer computes exactly what it computes without the request
+    own = ALL_ATTENTION_FUNCTIONS.get_interface(request.implementation, eager_attention_forward)
+    return own(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 
 
 ALL_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, scored_attention_forward)
 
 
 @contextmanager
-def scored_call(attn_module: nn.Module):
+def scored_call(attn_module: nn.Module, request: ScoreRequest | None = None):
     """Route ``attn_module``'s next calls through ``scored_attention_forward``: a shallow copy of its
     config names it (the model's shared config, and so every other layer, is untouched); restored after."""
     original = attn_module.config
+    if request is not None:
+        request.implementation = original._attn_implementation
     scored = copy.copy(original)
     scored._attn_implementation = ATTENTION_NAME
     attn_module.config = scored
