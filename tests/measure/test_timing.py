@@ -130,7 +130,20 @@ def test_rollout_times_inference_calls_and_the_timing_block_summarises_them():
     assert block["latency_ms"]["total"]["p99"] >= 80.0
     assert block["policy_hz"] == pytest.approx(1000 / block["latency_ms"]["total"]["mean"])
     assert block["tokens_kept"] is None and block["flops_per_call"] is None  # not a VLA
+    assert block["keep_ratio"] is None
     timing_table(block)  # renders
+
+
+def test_the_timing_block_summarises_a_keep_ratio_that_changes_per_step():
+    """An adaptive budget: 16 of 16 tokens at fine motion, 4 of 16 at coarse motion."""
+    calls = [{"step": i, "ms": {"total": 10.0}, "latency_ms": 10.0, "tokens_kept": k, "tokens_of": 16}
+             for i, k in enumerate([16, 4, 4, 16, 4])]
+    block = timing_block([{"calls": calls, "n_steps": 5, "loop_s": 1.0}], control_hz=20.0,
+                         latency_model="measured", latency_param=None, realtime=False)
+    assert block["keep_ratio"] == {"mean": pytest.approx((2 * 1.0 + 3 * 0.25) / 5), "min": 0.25, "max": 1.0,
+                                   "pruned_share": pytest.approx(0.6)}  # fmt: skip
+    assert block["tokens_kept"] == {"mean": pytest.approx(8.8), "of": 16}
+    timing_table(block)  # renders the min / max row
 
 
 def test_warm_up_makes_untimed_inference_calls_before_the_episode():

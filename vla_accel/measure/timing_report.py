@@ -24,6 +24,17 @@ from vla_accel.measure.timing import (
 )
 
 
+def keep_ratio_summary(calls: list[dict]) -> dict | None:
+    """The visual tokens each call kept over those it had (an adaptive budget changes it per step; each
+    call's own figure stays in the episode log): mean, min, max, and the share of calls that pruned."""
+    ratios = [c["tokens_kept"] / c["tokens_of"] for c in calls
+              if c.get("tokens_kept") is not None and c.get("tokens_of")]  # fmt: skip
+    if not ratios:
+        return None
+    return {"mean": sum(ratios) / len(ratios), "min": min(ratios), "max": max(ratios),
+            "pruned_share": sum(r < 1.0 for r in ratios) / len(ratios)}
+
+
 def timing_block(episodes: list[dict], *, control_hz: float, latency_model: str,
                  latency_param: float | None, realtime: bool, warmup_calls: int = 0) -> dict:
     """episodes: per-episode records holding "calls" (see vla_accel.harness.rollout.timed_call), "n_steps",
@@ -52,6 +63,7 @@ def timing_block(episodes: list[dict], *, control_hz: float, latency_model: str,
         "deadline_misses": misses,
         "deadline_miss_rate": misses / len(timed) if timed else 0.0,
         "tokens_kept": {"mean": sum(kept) / len(kept), "of": max(of)} if kept and of else None,
+        "keep_ratio": keep_ratio_summary(timed),
         "flops_per_call": ({s: sum(f.get(s, 0.0) for f in flops) / len(flops) for s in flops[0]}
                            if flops else None),
         "realtime": bool(realtime),
@@ -110,6 +122,10 @@ def timing_table(block: dict, title: str = "Timing") -> Table:
     if block.get("tokens_kept"):
         tk = block["tokens_kept"]
         table.add_row("visual tokens kept", f"{tk['mean']:.1f}/{tk['of']}", "", "", "", "")
+    kr = block.get("keep_ratio")
+    if kr and kr["min"] < kr["max"]:  # a budget that changed between steps (adaptive)
+        table.add_row("keep ratio min / max", f"{kr['min']:.2f} / {kr['max']:.2f}",
+                      f"{100 * kr['pruned_share']:.0f}% pruned", "", "", "")
     if block.get("modelled_latency_ms"):
         s = block["modelled_latency_ms"]
         table.add_row("modelled latency", _ms(s["p50"]), _ms(s["p90"]), _ms(s["p99"]), _ms(s["mean"]), "")
