@@ -36,6 +36,9 @@ def test_bench_writes_a_table_with_the_expected_rows(fake_envs, tmp_path):
     assert r["ideal_speedup"] == pytest.approx(1 / r["flops_ratio"])
     assert r["achieved_over_ideal"] == pytest.approx(r["speedup"] / r["ideal_speedup"])
     assert r["speedup"] == pytest.approx(base["latency_ms"]["total"]["p50"] / r["latency_ms"]["total"]["p50"])
+    prefill_speedup = base["latency_ms"]["prefill"]["p50"] / r["latency_ms"]["prefill"]["p50"]
+    assert r["prefill_achieved_over_ideal"] == pytest.approx(prefill_speedup * r["prefill_flops_ratio"])
+    assert base["prefill_achieved_over_ideal"] == pytest.approx(1.0)
 
     on_disk = json.loads((tmp_path / "bench.json").read_text())
     assert on_disk["results"] == json.loads(json.dumps(report["results"]))
