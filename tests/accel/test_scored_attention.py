@@ -128,3 +128,14 @@ def test_a_few_queries_keep_the_side_probe():
     runner = AcceleratedRunner(AccelConfig(pruning=TokenPruningConfig(method="fastv", layer=3, keep_ratio=0.25)))
     runner.prefill(llm, **make_prompt())
     assert runner.stats.attention_probes == [("prefill", 2, 1)]
+
+
+def test_the_scored_copy_follows_a_change_of_the_models_attention_implementation():
+    llm = make_llama(num_layers=1)
+    attn = llm.model.layers[0].self_attn
+    for implementation in ("sdpa", "eager", "sdpa"):
+        llm.config._attn_implementation = implementation
+        request = ScoreRequest(torch.ones(1, 4, 4, dtype=torch.bool).tril())
+        with scored_call(attn, request):
+            assert attn.config._attn_implementation == "vla_accel_scored"
+        assert request.implementation == implementation and attn.config is llm.config

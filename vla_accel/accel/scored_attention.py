@@ -60,6 +60,20 @@ def scored_attention_forward(
 ALL_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, scored_attention_forward)
 
 
+_SCORED_CONFIGS: dict[int, tuple] = {}  # id(config) -> (config, its implementation, the scored copy)
+
+
+def _scored_config(original):
+    """A shallow copy of ``original`` naming ``ATTENTION_NAME``, made once per config and implementation
+    (a copy costs ~20 us, and a step routes up to 7 calls; the original is kept so its id stays its own)."""
+    entry = _SCORED_CONFIGS.get(id(original))
+    if entry is None or entry[0] is not original or entry[1] != original._attn_implementation:
+        scored = copy.copy(original)
+        scored._attn_implementation = ATTENTION_NAME  # a Llama config has no sub-configs the setter would touch
+        entry = _SCORED_CONFIGS[id(original)] = (original, original._attn_implementation, scored)
+    return entry[2]
+
+
 @contextmanager
 def scored_call(attn_module: nn.Module, request: ScoreRequest | None = None):
     """Route ``attn_module``'s next calls through ``scored_attention_forward``: a shallow copy of its
@@ -67,9 +81,7 @@ def scored_call(attn_module: nn.Module, request: ScoreRequest | None = None):
     original = attn_module.config
     if request is not None:
         request.implementation = original._attn_implementation
-    scored = copy.copy(original)
-    scored._attn_implementation = ATTENTION_NAME
-    attn_module.config = scored
+    attn_module.config = _scored_config(original)
     try:
         yield
     finally:
