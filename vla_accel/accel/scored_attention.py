@@ -25,6 +25,8 @@ from torch import Tensor, nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import eager_attention_forward, repeat_kv
 
+from vla_accel.measure.timing import stage
+
 ATTENTION_NAME = "vla_accel_scored"
 
 
@@ -46,11 +48,12 @@ def scored_attention_forward(
     returns; the probabilities' head mean goes to ``kwargs["score_request"]``, computed with the request's
     boolean mask (the probe's), not the model's ``attention_mask`` (whose form depends on the backend)."""
     request: ScoreRequest = kwargs.pop("score_request")
-    k = repeat_kv(key, module.num_key_value_groups)
-    scores = torch.matmul(query.float(), k.float().transpose(-1, -2)) * scaling  # (B, H, S, S)
-    scores = scores.masked_fill(~request.allowed[:, None], float("-inf"))
-    probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)  # a padding query with no key -> zeros
-    request.head_mean = probs.mean(dim=1)
+    with stage("select"):  # the pruning method's work, timed as its own stage inside prefill / decode
+        k = repeat_kv(key, module.num_key_value_groups)
+        scores = torch.matmul(query.float(), k.float().transpose(-1, -2)) * scaling  # (B, H, S, S)
+        scores = scores.masked_fill(~request.allowed[:, None], float("-inf"))
+        probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)  # a padding query with no key -> zeros
+        request.head_mean = probs.mean(dim=1)
     # the output from the module's own attention function (SDPA, eager, ...) on the same arguments: the
     # layer computes exactly what it computes without the request
     own = ALL_ATTENTION_FUNCTIONS.get_interface(request.implementation, eager_attention_forward)
