@@ -57,7 +57,7 @@ calls, same final norm and head), so its outputs equal HFRunner's bit for bit.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -450,16 +450,16 @@ class AcceleratedRunner:
             g = cache.group_of_layer[i]
             h_in = x
             capturing = cache.capture_action and i == plan.action_layer
-            allowed = cache.groups[g].mask2d[:, None, :].bool()  # (B, 1, S + 1): the new token sees every real one
-            request = ScoreRequest(allowed) if capturing else None  # its weights kept from the layer's own call
+            # its weights kept from the layer's own call; (B, 1, S + 1): the new token sees every real one
+            request = ScoreRequest(cache.groups[g].mask2d[:, None, :].bool()) if capturing else None
             with _scored(layers[i].self_attn, request) as extra:
                 x = layers[i](
                     x, attention_mask=masks[g], position_embeddings=pos_emb, position_ids=position_ids,
                     **cache_kwarg(layers[i], cache.kv), use_cache=True, **extra,
                 )  # fmt: skip
             if capturing:
-                self._capture(llm, i, h_in, position_ids, cache.kv, allowed, cache.groups[g], cache.visual_start,
-                              cache.num_visual, phase="decode", own=_kept_weights(request))  # fmt: skip
+                self._capture(llm, i, h_in, position_ids, cache.kv, request.allowed, cache.groups[g],
+                              cache.visual_start, cache.num_visual, phase="decode", own=_kept_weights(request))  # fmt: skip
         hidden = llm.model.norm(x)[:, -1]
         return llm.lm_head(hidden), hidden
 
@@ -607,13 +607,18 @@ def _patch_grid(num_visual: int, cameras: int) -> tuple[int, int, int] | None:
     return (cameras, side, side) if side * side * cameras == num_visual else None
 
 
-@contextmanager
+_UNSCORED = nullcontext({})  # reusable: the layer call as it is, no extra keyword arguments
+
+
 def _scored(attn_module, request: ScoreRequest | None):
-    """Yields the layer call's extra keyword arguments: with a request, the module's attention runs
-    through ``scored_attention`` and keeps its weights in it; without one, nothing changes."""
-    if request is None:
-        yield {}
-        return
+    """A context yielding the layer call's extra keyword arguments: with a request, the module's attention
+    runs through ``scored_attention`` and keeps its weights in it; without one (every other layer and
+    call, the hot path), a shared no-op."""
+    return _UNSCORED if request is None else _routed(attn_module, request)
+
+
+@contextmanager
+def _routed(attn_module, request: ScoreRequest):
     with scored_call(attn_module, request):
         yield {"score_request": request}
 
