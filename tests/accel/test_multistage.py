@@ -3,6 +3,7 @@ prefill + decode equal a cache-free two-stage recompute at the original position
 
 import pytest
 import torch
+from fixtures.staged_reference import staged_reference
 from fixtures.tiny_models import HIDDEN, make_llama, make_prompt
 
 import vla_accel.accel.runner as runner_mod
@@ -20,30 +21,6 @@ def llm():
 
 def config(method, layer, keep_ratio=0.25, **params):
     return AccelConfig(pruning=TokenPruningConfig(method=method, keep_ratio=keep_ratio, layer=layer, params=params))
-
-
-@torch.no_grad()
-def two_stage_reference(llm, embeds, mask2d, pos, cuts, capture_layer=None):
-    """(B, S, V) logits of a cache-free forward that, before each layer K in ``cuts`` {K: rows}, keeps the
-    current sequence's ``rows`` (B, S') -- indices into the CURRENT rows -- carrying the original position
-    ids along; with ``capture_layer`` also that layer's attention weights (eager layers only)."""
-    x, weights = embeds, {}
-    for i, layer in enumerate(llm.model.layers):
-        if i in cuts:
-            rows = cuts[i]
-            x = x.gather(1, rows[..., None].expand(-1, -1, x.shape[-1]))
-            mask2d, pos = mask2d.gather(1, rows), pos.gather(1, rows)
-        S = x.shape[1]
-        causal = torch.ones(S, S, dtype=torch.bool).tril()[None, None] & mask2d.bool()[:, None, None, :]
-        hook = None
-        if capture_layer is not None:  # eager attention adds its mask: an additive float one
-            causal = torch.zeros(causal.shape).masked_fill(~causal, torch.finfo(torch.float32).min)
-        if i == capture_layer:
-            hook = layer.self_attn.register_forward_hook(lambda m, a, out: weights.__setitem__("w", out[1]))
-        x = layer(x, attention_mask=causal, position_embeddings=llm.model.rotary_emb(x, pos), position_ids=pos)
-        if hook is not None:
-            hook.remove()
-    return llm.lm_head(llm.model.norm(x)), weights.get("w")
 
 
 def spy_stages(runner):
@@ -84,7 +61,7 @@ def test_two_stage_prefill_and_decode_match_a_cache_free_two_stage_recompute(llm
     embeds = torch.cat([prompt["inputs_embeds"], *tokens], 1)
     mask = torch.cat([prompt["attention_mask"], torch.ones(B, n, dtype=torch.long)], 1)
     pos = torch.cat([positions_from_mask(prompt["attention_mask"]), res.next_position[:, None] + torch.arange(n)], 1)
-    ref, _ = two_stage_reference(llm, embeds, mask, pos, {k1: rows1_full, k2: rows2_full})
+    ref, _ = staged_reference(llm, embeds, mask, pos, {k1: rows1_full, k2: rows2_full})
     for j, logits in enumerate(got):  # the prompt's last token, then each decoded token
         torch.testing.assert_close(logits, ref[:, idx2.shape[1] - 1 + j], atol=2e-5, rtol=1e-4)
     for i in range(6):  # each layer's cache holds exactly the tokens it saw (+ the decoded ones)
@@ -106,8 +83,9 @@ def test_a_later_stage_scores_only_the_kept_tokens_with_that_layers_attention(ll
     B, T = prompt["attention_mask"].shape
     idx1 = runner_mod._kept_token_index(T, prompt["visual_start"], M, kept1)
     pos = positions_from_mask(prompt["attention_mask"])
-    _, w = two_stage_reference(eager, prompt["inputs_embeds"], prompt["attention_mask"], pos, {2: idx1},
-                               capture_layer=3)  # fmt: skip
+    _, seen_ref = staged_reference(eager, prompt["inputs_embeds"], prompt["attention_mask"], pos, {2: idx1},
+                                   capture_layer=3)  # fmt: skip
+    w = seen_ref["weights"]
     slots = torch.searchsorted(idx1, prompt["visual_start"][:, None] + kept1)
     expect = w.float().mean(1)[:, -1].gather(1, slots)  # (B, 12)
     torch.testing.assert_close(ctx2.visual_attention, expect, atol=1e-5, rtol=1e-4)
