@@ -8,8 +8,9 @@ prefill
     head-averaged attention of ONLY the queries the pruning method asks for: a few (FastV's last, the
     text) recomputed on the side (``query_attention``; the layer keeps SDPA), all of them (VLA-Pruner) kept
     from the layer's own attention (``scored_attention``: the same bits, without repeating the layer's
-    RMSNorm, q projection and RoPE; the layer's output unchanged). Before layer K it gathers each row's kept tokens -- every non-visual token
-    plus the method's M~ visual tokens, in their original order and with their ORIGINAL position ids --
+    RMSNorm, q projection and RoPE; the layer's output unchanged). Before layer K it gathers each row's
+    kept tokens -- every non-visual token plus the method's M~ visual tokens, in their original order
+    and with their ORIGINAL position ids --
     and runs layers K.. on that shorter sequence, so their KV-cache entries hold only kept tokens while
     layers < K hold the full prompt (transformers' DynamicCache keeps one tensor per layer, and each
     group of layers gets its own padding mask).
@@ -394,7 +395,7 @@ class AcceleratedRunner:
             with stage("select"):
                 text = st.text_mask.gather(1, st.token_index)
                 chosen = _chosen_queries(self.method.stage_queries(s), st.mask2d, text)
-                own = _kept_weights(request) if scores_from_layer else None
+                own = None if request is None else request.head_mean  # None: a side probe recomputes them
                 st.scores = self._prompt_scores(llm, i, h_in, st.pos, st.token_index, chosen, st.kv, st.mask2d,
                                                 st.token_index, _visual_slots(st), own, st.pos_emb)  # fmt: skip
         if i == plan.relevance_layer:
@@ -459,7 +460,7 @@ class AcceleratedRunner:
                 )  # fmt: skip
             if capturing:
                 self._capture(llm, i, h_in, position_ids, cache.kv, request.allowed, cache.groups[g],
-                              cache.visual_start, cache.num_visual, phase="decode", own=_kept_weights(request))  # fmt: skip
+                              cache.visual_start, cache.num_visual, phase="decode", own=request.head_mean)  # fmt: skip
         hidden = llm.model.norm(x)[:, -1]
         return llm.lm_head(hidden), hidden
 
@@ -506,7 +507,7 @@ class AcceleratedRunner:
         return self.method.stage_queries(s) == "all" and getattr(self.method, "score_rope", True)
 
     def _prompt_scores(self, llm, layer_idx, h_in, q_pos, q_index, chosen, kv, key_mask, key_index,
-                       visual_slots, head_mean: Tensor | None = None, pos_emb=None) -> Tensor:
+                       visual_slots, head_mean: Tensor | None, pos_emb: tuple[Tensor, Tensor]) -> Tensor:
         """(B, C): mean over the chosen queries of their head-averaged attention to each visual token.
 
         h_in (B, S, D) the layer's input rows, q_pos / q_index (B, S) their RoPE positions and prompt
@@ -528,16 +529,14 @@ class AcceleratedRunner:
 
     def _side_probe(self, llm, layer_idx, h_in, q_pos, q_index, rows, kv, key_mask, key_index, pos_emb) -> Tensor:
         """(B, Q, K) the head-averaged attention of the query ``rows`` (B, Q), recomputed from the layer;
-        ``pos_emb``: the rows' (cos, sin), (B, S, hd) each, or None to recompute them."""
+        ``pos_emb``: the rows' (cos, sin), (B, S, hd) each (the layer group's own)."""
         h_q = h_in.gather(1, rows[..., None].expand(-1, -1, h_in.shape[-1]))
         rope = getattr(self.method, "score_rope", True)  # FEATHER scores without RoPE: keys from the rows
         layer = llm.model.layers[layer_idx]
         keys = kv.layers[layer_idx].keys if rope else unrotated_keys(layer, h_in)  # (B, H_kv, K, hd)
         q_idx = q_index.gather(1, rows)
         allowed = (key_index[:, None, :] <= q_idx[..., None]) & key_mask.bool()[:, None, :]  # causal + padding
-        cos_sin = None
-        if pos_emb is not None:
-            cos_sin = tuple(t.gather(1, rows[..., None].expand(-1, -1, t.shape[-1])) for t in pos_emb)
+        cos_sin = tuple(t.gather(1, rows[..., None].expand(-1, -1, t.shape[-1])) for t in pos_emb)
         return query_attention(layer, llm.model.rotary_emb, h_q, q_pos.gather(1, rows), keys, allowed, rope,
                                cos_sin)  # fmt: skip
 
@@ -621,12 +620,6 @@ def _scored(attn_module, request: ScoreRequest | None):
 def _routed(attn_module, request: ScoreRequest):
     with scored_call(attn_module, request):
         yield {"score_request": request}
-
-
-def _kept_weights(request: ScoreRequest | None) -> Tensor | None:
-    """The weights a layer call kept, or None -- no request, or an attention class that does not dispatch
-    through transformers' AttentionInterface left it unfilled: the side probe then recomputes them."""
-    return None if request is None else request.head_mean
 
 
 def _prefill_request(st: _Prefill) -> ScoreRequest:
