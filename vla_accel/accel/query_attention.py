@@ -36,10 +36,18 @@ def query_attention(
         # position * frequency (an outer product), then cos / sin, elementwise -- so they are reused
         cos, sin = cos_sin if cos_sin is not None else rotary_emb(h, query_pos)  # (B, Q, hd)
         q = q * cos[:, None] + rotate_half(q) * sin[:, None]
-    k = repeat_kv(keys, attn.num_key_value_groups)  # (B, H, S, hd)
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scaling  # (B, H, Q, S)
+    return head_mean_attention(q, keys, allowed, attn.scaling, attn.num_key_value_groups)
+
+
+def head_mean_attention(q: Tensor, keys: Tensor, allowed: Tensor, scaling: float, n_rep: int) -> Tensor:
+    """(B, H, Q, hd) post-RoPE queries, (B, H_kv, S, hd) keys, (B, Q, S) bool mask -> (B, Q, S) float32:
+    softmax(q k^T * scaling) over the allowed keys, averaged over the heads (a query with no allowed key
+    gets zeros). The one computation of every probe, on the side or inside a layer (``scored_attention``),
+    so both give the same bits for the same rows."""
+    k = repeat_kv(keys, n_rep)  # (B, H, S, hd)
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scaling  # (B, H, Q, S)
     scores = scores.masked_fill(~allowed[:, None], float("-inf"))
-    probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)  # a query with no allowed key -> all zeros
+    probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)
     return probs.mean(dim=1)
 
 

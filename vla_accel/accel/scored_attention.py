@@ -1,14 +1,14 @@
-"""The score layer's own attention, its weights kept: an all-query probe at the cost of a head mean.
+"""A layer's own attention, its weights kept: an attention probe without recomputing the queries.
 
 VLA-Pruner's semantic score averages the head-averaged attention of ALL prefill queries at layer K-1,
 and its action score reads each decoded action query at the action layer. Recomputing those rows on
 the side (``query_attention``) repeats the layer's RMSNorm, q projection and RoPE (at hidden 1024 the q
 projection of ~280 rows is the largest part). Instead, that layer's attention runs through
 ``scored_attention_forward`` (an entry of transformers' AttentionInterface, chosen for that module and
-that call only): from the layer's own post-RoPE queries and keys it computes the probabilities with
-``query_attention``'s very operations -- float32 q k^T * scaling, the same boolean causal + padding
-mask, softmax, 0 for a query with no key -- keeps their mean over the heads, and hands the call to the
-module's own attention function for the output. The weights are therefore bit for bit the side probe's
+that call only): from the layer's own post-RoPE queries and keys it computes the head-averaged
+probabilities with the side probe's own function (``query_attention.head_mean_attention``: float32
+q k^T * scaling, the same boolean causal + padding mask, softmax, 0 for a query with no key) and hands
+the call to the module's own attention function for the output. The weights are therefore bit for bit the side probe's
 wherever the query rows are the same matrix (all rows of a prefill, the one row of a decode step;
 tests/accel/test_scored_attention.py), the layer's output is exactly what it is without the request, and
 with pruning off nothing here runs.
@@ -20,11 +20,11 @@ import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.llama.modeling_llama import eager_attention_forward, repeat_kv
+from transformers.models.llama.modeling_llama import eager_attention_forward
 
+from vla_accel.accel.query_attention import head_mean_attention
 from vla_accel.measure.timing import stage
 
 ATTENTION_NAME = "vla_accel_scored"
@@ -49,11 +49,7 @@ def scored_attention_forward(
     boolean mask (the probe's), not the model's ``attention_mask`` (whose form depends on the backend)."""
     request: ScoreRequest = kwargs.pop("score_request")
     with stage("select"):  # the pruning method's work, timed as its own stage inside prefill / decode
-        k = repeat_kv(key, module.num_key_value_groups)
-        scores = torch.matmul(query.float(), k.float().transpose(-1, -2)) * scaling  # (B, H, S, S)
-        scores = scores.masked_fill(~request.allowed[:, None], float("-inf"))
-        probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)  # a padding query with no key -> zeros
-        request.head_mean = probs.mean(dim=1)
+        request.head_mean = head_mean_attention(query, key, request.allowed, scaling, module.num_key_value_groups)
     # the output from the module's own attention function (SDPA, eager, ...) on the same arguments: the
     # layer computes exactly what it computes without the request
     own = ALL_ATTENTION_FUNCTIONS.get_interface(request.implementation, eager_attention_forward)
