@@ -2,9 +2,9 @@
 
 Every time step of every demo is a sample: the camera images at t, the instruction, and the clean
 expert actions a[t : t + chunk_size] (padded with the demo's last action past its end, as LeRobot and
-CogACT do), normalised with OpenVLA's q01/q99 bounds of that dataset. A dataset is one HDF5 file; its
-`unnorm_key` is the file's `data.attrs["suite"]` (else the file name), and its statistics go into the
-checkpoint's `norm_stats`. All frames are held in memory (49 KB per 128 px RGB frame and camera).
+CogACT do), normalised with OpenVLA's q01/q99 bounds of that dataset. A dataset is the HDF5 files of one
+`unnorm_key`, the file's `data.attrs["suite"]` (else the file name): the statistics of all their actions
+together go into the checkpoint's `norm_stats`. All frames are held in memory (49 KB per 128 px RGB frame and camera).
 """
 
 from __future__ import annotations
@@ -38,10 +38,14 @@ class DemoDataset:
             raise ValueError("no demonstration files given")
         self.cameras = cameras
         self.chunk_size = chunk_size
-        images: dict[str, list[np.ndarray]] = {c: [] for c in cameras}
         chunks, instr_idx = [], []
         self.instructions: list[str] = []
         self.norm_stats: dict[str, dict] = {}
+        # Several files of one suite (more demos collected later, another seed) are one dataset, normalised
+        # with the statistics of all their actions together. The actions are read first; the frames then go
+        # straight into one preallocated array per camera (a list of per-demo arrays concatenated at the
+        # end would hold every frame twice: 2 x 4.8 GB for 1000 two-camera demos of 128 px).
+        read: list[tuple[Path, str, str, str, np.ndarray]] = []  # (file, demo, key, instruction, actions)
         for path in map(Path, paths):
             if not path.is_file():
                 raise FileNotFoundError(f"demonstration file not found: {path}")
@@ -49,28 +53,48 @@ class DemoDataset:
                 if "data" not in f:
                     raise ValueError(f"{path}: no 'data' group (expected the robomimic/LIBERO layout)")
                 key = str(f["data"].attrs.get("suite", path.stem))
-                demos = [f["data"][k] for k in sorted(f["data"], key=_demo_order)
+                names = [k for k in sorted(f["data"], key=_demo_order)
                          if not only_successful or bool(f["data"][k].attrs.get("success", True))]
-                if not demos:
+                if not names:
                     raise ValueError(f"{path}: no (successful) demos")
-                raw = [np.asarray(d["actions"], dtype=np.float32) for d in demos]
-                stats = compute_norm_stats(np.concatenate(raw), n_trajectories=len(raw))
-                if key in self.norm_stats:  # several files of one suite: pool their statistics
-                    raise ValueError(f"two demo files share the dataset key {key!r}; merge them first")
-                self.norm_stats[key] = stats
-                for demo, acts in zip(demos, raw):
-                    instruction = str(demo.attrs["instruction"])
-                    if instruction not in self.instructions:
-                        self.instructions.append(instruction)
-                    for cam in cameras:
-                        images[cam].append(np.asarray(demo["obs"][CAMERA_KEYS[cam]], dtype=np.uint8))
-                    norm = normalize_actions(acts, stats["action"])
-                    chunks.append(_chunks(norm, chunk_size))
-                    instr_idx += [self.instructions.index(instruction)] * len(acts)
-        self.images = {c: np.concatenate(v) for c, v in images.items()}  # (N, H, W, 3)
+                read += [(path, k, key, str(f["data"][k].attrs["instruction"]),
+                          np.asarray(f["data"][k]["actions"], dtype=np.float32)) for k in names]
+        for key in dict.fromkeys(r[2] for r in read):
+            raw = [acts for _, _, k, _, acts in read if k == key]
+            self.norm_stats[key] = compute_norm_stats(np.concatenate(raw), n_trajectories=len(raw))
+        for _, _, key, instruction, acts in read:
+            if instruction not in self.instructions:
+                self.instructions.append(instruction)
+            chunks.append(_chunks(normalize_actions(acts, self.norm_stats[key]["action"]), chunk_size))
+            instr_idx += [self.instructions.index(instruction)] * len(acts)
+        self.images = self._read_frames(read, cameras)  # camera -> (N, H, W, 3)
         self.actions = np.concatenate(chunks)  # (N, chunk, A)
         self.instruction_index = np.asarray(instr_idx)
         self.image_size = self.images[cameras[0]].shape[1]
+
+    @staticmethod
+    def _read_frames(read: list, cameras: list[str]) -> dict[str, np.ndarray]:
+        n = sum(len(r[4]) for r in read)
+        images: dict[str, np.ndarray] = {}
+        start, open_path, f = 0, None, None
+        try:
+            for path, name, _, _, acts in read:
+                if path != open_path:
+                    if f is not None:
+                        f.close()
+                    f, open_path = h5py.File(path, "r"), path
+                for cam in cameras:
+                    frames = f["data"][name]["obs"][CAMERA_KEYS[cam]]
+                    if len(frames) != len(acts):
+                        raise ValueError(f"{path}: {name} has {len(frames)} {cam} frames for {len(acts)} actions")
+                    if cam not in images:
+                        images[cam] = np.empty((n, *frames.shape[1:]), dtype=np.uint8)
+                    frames.read_direct(images[cam], dest_sel=np.s_[start : start + len(acts)])
+                start += len(acts)
+        finally:
+            if f is not None:
+                f.close()
+        return images
 
     def __len__(self) -> int:
         return len(self.actions)

@@ -18,6 +18,7 @@ import math
 import random
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from vla_accel.policies.common.observation import ParsedObs
 from vla_accel.policies.data import Batch, DemoDataset, augment
 from vla_accel.policies.common.processor import ProcessedInputs
 from vla_accel.policies.train_config import TrainSchema
+from vla_accel.policies.weight_average import RAW_PREFIX, WeightAverage
 
 STATE_TENSORS, STATE_JSON = "trainer_state.safetensors", "trainer_state.json"
 
@@ -160,7 +162,9 @@ def checkpoint_dirs(out: Path) -> list[Path]:
     return sorted(ckpts, key=lambda p: int(p.name.split("_")[1]))
 
 
-def save_checkpoint(out: Path, policy, optimizer, step: int, gens: dict[str, torch.Generator], keep: int) -> Path:
+def save_checkpoint(out: Path, policy, optimizer, step: int, gens: dict[str, torch.Generator], keep: int,
+                    extra_tensors: dict[str, torch.Tensor] | None = None, extra_meta: dict | None = None) -> Path:
+    """`policy.save_pretrained` plus the trainer state (and `extra_*`: a weight average's raw weights)."""
     path = out / "checkpoints" / f"step_{step:07d}"
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -170,11 +174,13 @@ def save_checkpoint(out: Path, policy, optimizer, step: int, gens: dict[str, tor
                for k, v in s.items()}
     tensors["rng.torch"] = torch.get_rng_state()
     tensors.update({f"rng.{name}": g.get_state() for name, g in gens.items()})
+    tensors.update(extra_tensors or {})
     save_file(tensors, str(tmp / STATE_TENSORS))
     np_state = np.random.get_state()
     meta = {"step": step, "param_groups": opt["param_groups"],
             "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-            "python_rng": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
+            "python_rng": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+            **(extra_meta or {})}
     (tmp / STATE_JSON).write_text(json.dumps(meta))
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
@@ -183,7 +189,10 @@ def save_checkpoint(out: Path, policy, optimizer, step: int, gens: dict[str, tor
     return path
 
 
-def load_trainer_state(path: Path, optimizer, gens: dict[str, torch.Generator]) -> int:
+def load_trainer_state(path: Path, optimizer, gens: dict[str, torch.Generator],
+                       ema: WeightAverage | None = None) -> int:
+    """Restore what `save_checkpoint` saved; returns the step. With `ema`, the policy (loaded from the
+    checkpoint: the average) gets its raw weights back and the average its update count."""
     tensors = load_file(str(path / STATE_TENSORS))
     meta = json.loads((path / STATE_JSON).read_text())
     state: dict[int, dict] = {}
@@ -199,6 +208,11 @@ def load_trainer_state(path: Path, optimizer, gens: dict[str, torch.Generator]) 
     np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
     p = meta["python_rng"]
     random.setstate((p[0], tuple(p[1]), p[2]))
+    if ema is not None and ema.restore_raw(tensors):
+        ema.updates = int(meta.get("ema_updates", 0))
+    elif ema is None and any(k.startswith(RAW_PREFIX) for k in tensors):
+        print(f"note: {path} was saved with a weight average (train.ema_decay) and this run has none: "
+              "training goes on from the average, not from the raw weights")
     return int(meta["step"])
 
 
@@ -226,28 +240,39 @@ def init_vlm_from(policy, source: str | Path) -> int:
     that an OpenVLA model appends, so only the shared rows of the embedding and LM head are copied
     and the action-token rows keep their fresh init. Anything else that differs -> ValueError.
     Returns the number of tensors copied."""
+    return _copy_weights(policy, source, "train.init_vlm_from", lambda k: k.startswith(VLM_PREFIXES))
+
+
+def init_from(policy, source: str | Path) -> int:
+    """Copy every weight of a checkpoint of the same policy and shape into `policy`: fine-tuning a trained
+    policy (on more demos, with a fresh learning-rate schedule) instead of resuming its run. The norm
+    stats stay those of this run's demos. Anything that differs -> ValueError. Returns the count."""
+    return _copy_weights(policy, source, "train.init_from", lambda k: True)
+
+
+def _copy_weights(policy, source: str | Path, option: str, selected) -> int:
     from vla_accel.policies.common.tokenizer import load_tokenizer
     from vla_accel.policies.common.vlm import WEIGHTS_FILE
 
     source = Path(source)
     if not (source / WEIGHTS_FILE).is_file():
-        raise FileNotFoundError(f"train.init_vlm_from: no {WEIGHTS_FILE} in {source}")
+        raise FileNotFoundError(f"{option}: no {WEIGHTS_FILE} in {source}")
     src_vocab, own_vocab = load_tokenizer(source).get_vocab(), policy.tokenizer.get_vocab()
     if any(own_vocab.get(tok) != i for tok, i in src_vocab.items()):
-        raise ValueError(f"train.init_vlm_from: {source} has another tokenizer vocabulary (other demos' "
+        raise ValueError(f"{option}: {source} has another tokenizer vocabulary (other demos' "
                          "instructions or bpe_vocab_size); train on the same data and config")
-    weights = {k: v for k, v in load_file(str(source / WEIGHTS_FILE)).items() if k.startswith(VLM_PREFIXES)}
-    own = {k: v for k, v in policy.state_dict().items() if k.startswith(VLM_PREFIXES)}
+    weights = {k: v for k, v in load_file(str(source / WEIGHTS_FILE)).items() if selected(k)}
+    own = {k: v for k, v in policy.state_dict().items() if selected(k)}
     if weights.keys() != own.keys():
         missing, extra = sorted(own.keys() - weights.keys()), sorted(weights.keys() - own.keys())
-        raise ValueError(f"train.init_vlm_from: VLM parameters differ from {source}: missing {missing[:3]}, "
+        raise ValueError(f"{option}: parameters differ from {source}: missing {missing[:3]}, "
                          f"unexpected {extra[:3]}")
     vocab_rows = {k for k in own if k.endswith(("embed_tokens.weight", "lm_head.weight"))}
     bad = [k for k in own if own[k].shape != weights[k].shape
            and not (k in vocab_rows and own[k].shape[1:] == weights[k].shape[1:]
                     and weights[k].shape[0] <= own[k].shape[0])]
     if bad:
-        raise ValueError(f"train.init_vlm_from: shapes differ from {source} at {bad[:3]} "
+        raise ValueError(f"{option}: shapes differ from {source} at {bad[:3]} "
                          f"({tuple(own[bad[0]].shape)} here, {tuple(weights[bad[0]].shape)} there)")
     with torch.no_grad():
         for k, v in own.items():
@@ -272,6 +297,7 @@ class _Training:
     last: Path | None  # the newest checkpoint directory
     probe: Any
     norm_stats: Any
+    ema: WeightAverage | None  # train.ema_decay > 0: what the checkpoints hold
 
 
 def run_train(cfg: DictConfig) -> Path:
@@ -292,9 +318,12 @@ def run_train(cfg: DictConfig) -> Path:
         bar.update(1)
         if run.step % t.save_every == 0 or run.step == t.steps:
             log.flush()  # a killed run keeps every logged step up to its last checkpoint
-            run.norm_stats(run.policy)
-            run.policy.eval()
-            run.last = save_checkpoint(run.out, run.policy, run.optimizer, run.step, run.gens, t.keep_checkpoints)
+            with _averaged(run) as raw:
+                run.norm_stats(run.policy)
+                run.policy.eval()
+                run.last = save_checkpoint(run.out, run.policy, run.optimizer, run.step, run.gens,
+                                           t.keep_checkpoints, raw,
+                                           {"ema_updates": run.ema.updates} if run.ema else None)
             run.policy.train()
     bar.close()
     log.close()
@@ -324,6 +353,10 @@ def _setup(cfg: DictConfig) -> _Training:
     resume_from = checkpoint_dirs(out)[-1] if t.resume and checkpoint_dirs(out) else None
     policy = (policy_class(kind).from_pretrained(resume_from) if resume_from
               else make_policy_for_training(cfg, dataset))
+    if t.get("init_from") and t.get("init_vlm_from"):
+        raise ValueError("train.init_from (every weight) and train.init_vlm_from (the VLM): give one")
+    if t.get("init_from") and not resume_from:
+        print(f"initialised {init_from(policy, t.init_from)} tensors from {t.init_from}")
     if t.get("init_vlm_from") and not resume_from:
         n = init_vlm_from(policy, t.init_vlm_from)
         print(f"initialised {n} VLM tensors from {t.init_vlm_from}")
@@ -334,14 +367,21 @@ def _setup(cfg: DictConfig) -> _Training:
             p.requires_grad_(name.startswith("action_model."))
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
-    step = load_trainer_state(resume_from, optimizer, gens) if resume_from else 0
+    ema = WeightAverage(policy, float(t.ema_decay)) if t.get("ema_decay") else None
+    step = load_trainer_state(resume_from, optimizer, gens, ema) if resume_from else 0
     # On resume the saved param groups hold `initial_lr`, so the schedule picks up at `step`.
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, t.warmup_steps, t.steps, t.min_lr_ratio), last_epoch=step - 1)
     probe = InputProbe(dataset, int(t.get("probe_size", 32)), t.seed) if t.get("probe_every") else None
     norm_stats = StandardizerStatistics(dataset, int(t.get("standardizer_frames", 512)), t.seed)
     return _Training(cfg, out, dataset, policy, params, freeze, optimizer, scheduler, gens, step, resume_from,
-                     probe, norm_stats)
+                     probe, norm_stats, ema)
+
+
+def _averaged(run: _Training):
+    """The weight average in the policy for a probe or a checkpoint (its raw weights as trainer-state
+    tensors to the block); without an average, the policy as it is."""
+    return run.ema.applied() if run.ema is not None else nullcontext({})
 
 
 def _train_step(run: _Training) -> dict:
@@ -355,15 +395,19 @@ def _train_step(run: _Training) -> dict:
     loss.backward()
     torch.nn.utils.clip_grad_norm_(run.params, t.grad_clip)
     run.optimizer.step()
+    if run.ema is not None:
+        run.ema.update()
     run.scheduler.step()
     run.step += 1
     return {"step": run.step, "loss": float(loss.detach()), "lr": run.scheduler.get_last_lr()[0], **extra}
 
 
 def _probe(run: _Training, record: dict, bar) -> None:
-    """The input probe (does the policy use its image and instruction?) into the record and the console."""
-    run.norm_stats(run.policy)
-    record.update(run.probe(run.policy, run.cfg.policy.type))
+    """The input probe (does the policy use its image and instruction?) into the record and the console:
+    of the weights a checkpoint holds (the average, with one)."""
+    with _averaged(run):
+        run.norm_stats(run.policy)
+        record.update(run.probe(run.policy, run.cfg.policy.type))
     image_gap = record["probe_loss_shuffled_images"] - record["probe_loss"]
     bar.write(f"step {run.step}: probe loss {record['probe_loss']:.4f}, with shuffled images "
               f"{record['probe_loss_shuffled_images']:.4f} (gap {image_gap:+.4f}), with shuffled "

@@ -24,6 +24,8 @@ class TrainSchema:
     crop_area: float = 0.9
     freeze_vlm: bool = False
     init_vlm_from: Optional[str] = None
+    init_from: Optional[str] = None
+    ema_decay: float = 0.0  # 0 = off
     seed: int = 0
     save_every: int = 1000
     keep_checkpoints: int = 2
@@ -40,6 +42,8 @@ class TrainSchema:
 
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"unknown train.augment {self.augment!r}; valid: {AUGMENTATIONS}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
 
 
 store_schema("train", TrainSchema)

@@ -195,3 +195,67 @@ def test_film_condition_statistics_are_exact_and_set_before_the_visual_tokens(de
     torch.testing.assert_close(film.running_var, conds.var(0, unbiased=False), atol=1e-9, rtol=1e-3)
     flat = raw.reshape(-1, raw.shape[-1])  # computed with the refreshed film statistics
     torch.testing.assert_close(visual.running_mean, flat.mean(0), atol=1e-5, rtol=1e-4)
+
+
+def test_with_a_weight_average_checkpoints_hold_it_and_resume_continues_exactly(demos, tmp_path):
+    ema = ("train.ema_decay=0.9", "train.steps=4", "train.save_every=2")
+    straight = run_train(train_cfg("cogact_tiny", demos, tmp_path / "a", *ema))
+    plain = run_train(train_cfg("cogact_tiny", demos, tmp_path / "p", "train.steps=4", "train.save_every=2"))
+    model, state = load_file(str(straight / "model.safetensors")), load_file(str(straight / "trainer_state.safetensors"))
+    raw = {k[len("raw."):]: v for k, v in state.items() if k.startswith("raw.")}
+    weight = "action_model.blocks.0.attn.proj.weight"
+    assert weight in raw and not torch.equal(model[weight], raw[weight])  # the average, not the raw weights
+    # the raw weights are those a run without the average reaches (same seed, same batches)
+    torch.testing.assert_close(raw[weight], load_file(str(plain / "model.safetensors"))[weight], rtol=0, atol=0)
+    assert json.loads((straight / "trainer_state.json").read_text())["ema_updates"] == 4
+
+    twin = run_train(train_cfg("cogact_tiny", demos, tmp_path / "b", *ema, "train.keep_checkpoints=3"))
+    shutil.rmtree(twin)  # stopped after the step-2 checkpoint
+    resumed = run_train(train_cfg("cogact_tiny", demos, tmp_path / "b", *ema))
+    a, b = (load_file(str(p / "model.safetensors")) for p in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = (load_file(str(p / "trainer_state.safetensors")) for p in (straight, resumed))
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_init_from_copies_every_weight_and_starts_a_fresh_schedule(demos, tmp_path):
+    source = run_train(train_cfg("cogact_tiny", demos, tmp_path / "src", "train.steps=3", "train.save_every=3"))
+    tuned = run_train(train_cfg("cogact_tiny", demos, tmp_path / "ft", "train.steps=1", "train.lr=0",
+                                f"train.init_from={source}"))
+    a, b = load_file(str(source / "model.safetensors")), load_file(str(tuned / "model.safetensors"))
+    params = [k for k in a if "running_" not in k]  # the standardisers' statistics are recomputed
+    assert params and all(torch.equal(a[k], b[k]) for k in params)
+    assert tuned.name == "step_0000001"  # step 0 of its own run, not the source's step 3
+    first = json.loads((tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 1 and first["lr"] == 0.0
+    with pytest.raises(ValueError, match="give one"):
+        run_train(train_cfg("cogact_tiny", demos, tmp_path / "x", "train.steps=1", f"train.init_from={source}",
+                            f"train.init_vlm_from={source}"))
+    with pytest.raises(ValueError, match="shapes differ|parameters differ"):
+        run_train(train_cfg("cogact_tiny", demos, tmp_path / "y", "train.steps=1", f"train.init_from={source}",
+                            "policy.model.llm.intermediate_size=40"))
+
+
+def test_several_files_of_one_suite_are_one_dataset_with_pooled_statistics(tmp_path):
+    import h5py
+
+    from vla_accel.policies.common.action_tokenizer import compute_norm_stats, normalize_actions
+
+    first = write_demos(tmp_path / "a.hdf5", n_demos=4, seed=0)
+    second = write_demos(tmp_path / "b.hdf5", n_demos=2, seed=5)
+    other = write_demos(tmp_path / "c.hdf5", n_demos=2, seed=9, suite="goal")
+    ds = DemoDataset([first, other, second], ["agentview"], chunk_size=1)
+    singles = [DemoDataset([p], ["agentview"], chunk_size=1) for p in (first, other, second)]
+    assert sorted(ds.norm_stats) == ["goal", "spatial"]
+    raw = np.concatenate([np.asarray(h5py.File(p, "r")[f"data/demo_{i}/actions"])
+                          for p, n in ((first, 4), (second, 2)) for i in range(n)])
+    pooled = compute_norm_stats(raw.astype(np.float32), n_trajectories=6)
+    assert ds.norm_stats["spatial"] == pooled and ds.norm_stats["goal"] == singles[1].norm_stats["goal"]
+    # images stay in the order of the files, each row with its own demo's actions and instruction
+    np.testing.assert_array_equal(ds.images["agentview"],
+                                  np.concatenate([s.images["agentview"] for s in singles]))
+    np.testing.assert_array_equal(ds.actions[48:72], singles[1].actions)  # the goal file's 2 x 12 steps
+    spatial = np.concatenate([ds.actions[:48], ds.actions[72:]])[:, 0]
+    np.testing.assert_allclose(spatial, normalize_actions(raw.astype(np.float32), pooled["action"]))
+    assert [ds.instructions[i] for i in ds.instruction_index[:24:12]] == [
+        str(h5py.File(first, "r")[f"data/demo_{i}"].attrs["instruction"]) for i in range(2)]
