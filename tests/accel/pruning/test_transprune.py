@@ -142,3 +142,64 @@ def test_transprune_runs_on_the_tiny_openvla_policy():
     stats, Mv = policy.runner.stats, policy.config.num_visual_tokens
     assert np.isfinite(out).all() and stats.pruned and stats.kept_visual.shape == (2, round(Mv * 0.25))
     assert len(stats.stage_tokens) == 3 and policy.last_timing["select"] > 0
+
+
+def _rows_keeping(T, visual_start, kept):
+    """(B, T - M + M~) the prompt indices of every non-visual token plus the kept visual ones, ascending
+    (written out here so that the reference below shares no index code with the runner)."""
+    out = []
+    for b in range(kept.shape[0]):
+        vs = int(visual_start[b])
+        visual = set(range(vs, vs + M))
+        out.append(sorted([t for t in range(T) if t not in visual] + [vs + int(k) for k in kept[b]]))
+    return torch.tensor(out)
+
+
+def test_ttv_alone_through_the_runner_keeps_the_most_changing_tokens_at_original_visual_indices(llm):
+    """Known answer, runner-free: a cache-free staged forward records each transition layer's sublayer
+    (input, output); TTV (the paper's formula) summed over the layers so far picks the M~_s largest of
+    the tokens still kept, as ORIGINAL visual indices (0..M-1), at each of the three stages. The runner's
+    selections must be exactly those (left-padded rows, so the visual span starts at a different row in
+    every batch row and the rows of a later stage are not the visual indices)."""
+    prompt = make_prompt()
+    B, T = prompt["attention_mask"].shape
+    vs = prompt["visual_start"]
+    config = AccelConfig(pruning=TokenPruningConfig(method="transprune", keep_ratio=0.25, params={"iga_weight": 0.0}))
+    runner = AcceleratedRunner(config)
+    seen = _spy(runner)
+    runner.prefill(llm, **prompt)
+    got = [k for _, k in seen]
+    assert runner.plan(llm).transition_layers == (0, 1, 2) and [k.shape[1] for k in got] == [14, 11, 4]
+
+    pos = positions_from_mask(prompt["attention_mask"])
+    kept, acc, cuts, prev_rows = torch.arange(M).expand(B, M), torch.zeros(B, M), {}, None
+    for s, (layer, budget) in enumerate(zip((0, 1, 2), (14, 11, 4))):
+        _, rec = staged_reference(llm, prompt["inputs_embeds"], prompt["attention_mask"], pos, cuts, record=(layer,))
+        at_prompt = vs[:, None] + kept  # the candidates' prompt indices ...
+        slots = at_prompt if prev_rows is None else torch.searchsorted(prev_rows, at_prompt)  # ... their rows
+        at = lambda t: t.gather(1, slots[..., None].expand(-1, -1, HIDDEN))  # noqa: E731
+        ttv = sum(module_ttv(at(x), at(f)) for x, f in (rec[layer]["attention"], rec[layer]["mlp"]))
+        acc = acc.scatter_add(1, kept, ttv)  # accumulated over the transition layers so far
+        kept = kept.gather(1, acc.gather(1, kept).topk(budget, dim=-1).indices).sort(dim=-1).values
+        assert torch.equal(got[s], kept), f"stage {s}"
+        rows = _rows_keeping(T, vs, kept)  # prompt indices kept from layer s + 1 on
+        cuts[layer + 1] = rows if prev_rows is None else torch.searchsorted(prev_rows, rows)  # current-row cut
+        prev_rows = rows
+    assert torch.equal(runner.stats.kept_visual, kept) and int(kept.max()) < M
+
+
+def test_ttv_prefers_direction_and_magnitude_change_and_is_not_flattened_by_the_normalisation():
+    """Hand-made transitions whose order is known: at equal update size, an update that turns the token
+    scores higher than one along it; at equal turn, a larger update scores higher; a token that does not
+    change at all scores lowest. The combined score (TTV / sum + IGA / sum) keeps that order when IGA is
+    uniform, at every iga_weight < 1 -- so neither the normalisation nor the IGA term can flatten TTV."""
+    x = torch.tensor([[[1.0, 0.0]] * 5])  # (1, 5, 2): five identical inputs
+    # no update, along x, orthogonal, opposite, opposite and 4x longer
+    fx = torch.tensor([[[0.0, 0.0], [0.5, 0.0], [0.0, 0.5], [-0.5, 0.0], [-2.0, 0.0]]])
+    ttv = module_ttv(x, fx)[0]
+    assert ttv.argsort().tolist() == [0, 1, 2, 3, 4]
+    for weight in (0.0, 0.3, 0.5, 0.9):
+        method = build_method("transprune", iga_weight=weight)
+        ctx = SelectionContext(visual_embeds=x, visual_attention=torch.full((1, 5), 0.2), budget=2,
+                               transition_scores={0: module_ttv(x, fx), 1: module_ttv(x, fx)})  # fmt: skip
+        assert method.select(ctx).tolist() == [[3, 4]]

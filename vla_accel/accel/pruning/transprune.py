@@ -27,6 +27,15 @@ Where this differs from the released code, and why:
 * The direction softmax runs over the visual tokens still kept of each row; the released code's runs
   over every position of the (batch-1) sequence. It only rescales each module's contribution.
 * Kept tokens keep their original position ids (the project's rule); the released code renumbers them.
+
+What TTV picks on a small from-scratch policy (2026-12-02, cogact_deep step 9000, 128 visual tokens, keep
+0.25, 32 demo frames; offline, against the unpruned policy with the same noise): the same tokens in every
+frame, by their place in the image rather than what it shows (tokens 4-22, the agentview image's top
+rows, in the top 32 of all 32 frames; still tokens 2-26 with the image flipped upside down), and its
+magnitude term is the harmful part (cognition-feature error 0.505 vs 0.443 for TTV, 0.245 for FastV and
+0.187 for a random choice at the same stages). In closed loop that was 0/100 with TTV alone. The
+formula, layers and stages were checked term by term against the paper and its released code
+(tests/accel/pruning/test_transprune.py checks them against a staged reference): no bug explains it.
 """
 
 from __future__ import annotations
