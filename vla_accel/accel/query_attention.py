@@ -45,8 +45,9 @@ def head_mean_attention(q: Tensor, keys: Tensor, allowed: Tensor, scaling: float
     gets zeros). The one computation of every probe, on the side or inside a layer (``scored_attention``),
     so both give the same bits for the same rows."""
     k = repeat_kv(keys, n_rep)  # (B, H, S, hd)
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scaling  # (B, H, Q, S)
-    scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+    # in place on the fresh product: the same elementwise ops as out-of-place, two (B, H, Q, S) buffers fewer
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)).mul_(scaling)  # (B, H, Q, S)
+    scores.masked_fill_(~allowed[:, None], float("-inf"))
     probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)
     return probs.mean(dim=1)
 
