@@ -25,6 +25,10 @@ COMPOSED_BEFORE = {
     "efficientvla_tokens": {**_OFF, **_PRUNING, "name": "efficientvla_tokens", "method": "efficientvla_tokens",
                             "prune_layer": 3, "params": {"k_key": 4, "alpha": 0.5}},
     "fastv": {**_OFF, **_PRUNING, "name": "fastv", "method": "fastv", "prune_layer": 2},
+    "efficientvla_combo": {**_OFF, "name": "efficientvla_combo", "method": "vla_pruner", "keep_ratio": 0.25,
+                           "prune_layer": 2, "skip_layers": [4, 5], "head_cache_interval": 5,
+                           "params": {"window": 3, "gamma": 0.8, "semantic_queries": "all",
+                                      "temporal_order": "newest_first", "action_layer": None}},
     "random": {**_OFF, **_PRUNING, "name": "random", "method": "random", "prune_layer": 0, "params": {"seed": 0}},
     "text_guided": {**_OFF, **_PRUNING, "name": "text_guided", "method": "text_guided", "prune_layer": 3,
                     "params": {"recycle_tokens": 0}},  # fmt: skip
@@ -85,6 +89,10 @@ def test_every_method_has_a_config_file_that_builds():
         elif path.stem == "vla_cache":
             assert cfg.pruning is None and cfg.reuse.static_threshold == 0.996 and cfg.reuse.max_static == 150
             assert resolve_plan(cfg, 32).relevance_layer == 15
+        elif path.stem == "efficientvla_combo":  # the one preset that combines: tokens + layers + head cache
+            assert cfg.pruning.method == "vla_pruner" and cfg.layer_skip.layers == (4, 5)
+            assert cfg.head_cache.interval == 5
+            resolve_plan(cfg, 8)  # the 8-layer policy it was calibrated on
         else:
             assert cfg.pruning.method == d["method"] and cfg.layer_skip is None and cfg.head_cache is None
             resolve_plan(cfg, 32)  # binds to a Llama-2-7B-sized model
