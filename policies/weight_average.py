@@ -1,7 +1,9 @@
 """An exponential moving average of a policy's trained weights (`train.ema_decay`), as diffusion policies
-train with (Diffusion Policy, Chi et al. 2023; CogACT's DiT recipe): the raw weights of a run that is
-still learning move from batch to batch, and a rollout of them succeeds on some tasks at one checkpoint
-and on others at the next; their average does not.
+train with (Diffusion Policy, Chi et al. 2023): the raw weights of a run that is
+still learning move from batch to batch (a rollout of cogact_deep succeeded on different tasks at steps
+9000, 10000 and 10500 of one run), and their average moves less. Whether it buys success was not measured
+against a run without it (the one run that used it, checkpoints/in_training/cogact_deep_goal_ft, changed
+the data as well).
 
 The average is what a checkpoint's `model.safetensors` holds (what evaluation loads); the raw weights
 travel in the trainer state, so a resumed run goes on training them.
@@ -23,10 +25,10 @@ class WeightAverage:
     holding on to the random init (n counts updates of this average, so one started from a trained
     checkpoint warms up too)."""
 
-    def __init__(self, model: nn.Module, decay: float, updates: int = 0) -> None:
+    def __init__(self, model: nn.Module, decay: float) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"train.ema_decay must be in (0, 1) (0 = off), got {decay}")
-        self.decay, self.updates = decay, updates
+        self.decay, self.updates = decay, 0  # a resume sets `updates` from the trainer state
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.shadow = {n: p.detach().clone() for n, p in self.params.items()}
 

@@ -20,20 +20,25 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from vla_accel.accel.preset_config import load_preset, preset_names  # noqa: E402
 from vla_accel.measure.stats import format_rate  # noqa: E402
 
 
 def label_of(info: dict) -> str:
-    """'none', or the accel preset with its keep ratio (and what else it turns on)."""
+    """The accel preset, its keep ratio, and what the run set beyond the preset's own file (layers skipped,
+    a head cache): 'none', 'vla_pruner@0.25', 'head_cache/5' (none + a cache), 'fastv@0.25 + skip[4,5]'."""
     accel = (info.get("config") or {}).get("accel") or {}
     name = str(accel.get("name") or "none")
-    if accel.get("method") and accel.get("keep_ratio") is not None:
-        name += f"@{accel['keep_ratio']:g}"
-    if accel.get("skip_layers") and name == "none":
-        name = f"skip[{','.join(map(str, accel['skip_layers']))}]"
-    if int(accel.get("head_cache_interval") or 1) > 1 and "combo" not in name:
-        name = ("" if name == "none" else name + " + ") + f"head_cache/{accel['head_cache_interval']}"
-    return name
+    own = load_preset(name) if name in preset_names() else {}
+    parts = [f"{name}@{accel['keep_ratio']:g}" if accel.get("method") and accel.get("keep_ratio") is not None
+             else name]
+    if list(accel.get("skip_layers") or []) != list(own.get("skip_layers") or []):
+        parts.append(f"skip[{','.join(map(str, accel['skip_layers']))}]")
+    if int(accel.get("head_cache_interval") or 1) != int(own.get("head_cache_interval") or 1):
+        parts.append(f"head_cache/{accel['head_cache_interval']}")
+    if parts[0] == "none" and len(parts) > 1:
+        parts = parts[1:]
+    return " + ".join(parts)
 
 
 def read_runs(paths: list[Path]) -> list[dict]:
