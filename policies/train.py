@@ -36,6 +36,7 @@ from vla_accel.policies.common.observation import ParsedObs
 from vla_accel.policies.data import Batch, DemoDataset, augment
 from vla_accel.policies.common.processor import ProcessedInputs
 from vla_accel.policies.train_config import TrainSchema
+from vla_accel.policies.token_drop import TokenDrop
 from vla_accel.policies.weight_average import RAW_PREFIX, WeightAverage
 
 STATE_TENSORS, STATE_JSON = "trainer_state.safetensors", "trainer_state.json"
@@ -60,12 +61,14 @@ def build_inputs(policy, batch: Batch, aug: str, generator: torch.Generator, cro
 
 
 def compute_loss(policy, kind: str, inputs: ProcessedInputs, batch: Batch, freeze_vlm: bool,
-                 generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+                 generator: torch.Generator, token_drop: tuple[torch.Tensor, int] | None = None
+                 ) -> tuple[torch.Tensor, dict]:
     if kind == "openvla":
         tokens = torch.from_numpy(policy.action_tokenizer.encode(batch.actions[:, 0].numpy()))
         loss, acc = policy.action_token_loss(inputs, tokens.to(policy.device))
         return loss, {"acc": float(acc)}
-    return policy.diffusion_loss(inputs, batch.actions, freeze_vlm=freeze_vlm, generator=generator), {}
+    return policy.diffusion_loss(inputs, batch.actions, freeze_vlm=freeze_vlm, generator=generator,
+                                 token_drop=token_drop), {}
 
 
 # --- input probe -----------------------------------------------------------------------------------
@@ -298,6 +301,7 @@ class _Training:
     probe: Any
     norm_stats: Any
     ema: WeightAverage | None  # train.ema_decay > 0: what the checkpoints hold
+    token_drop: TokenDrop | None  # train.token_drop_prob > 0: pruning-robust steps
 
 
 def run_train(cfg: DictConfig) -> Path:
@@ -337,7 +341,10 @@ def _setup(cfg: DictConfig) -> _Training:
     """Check the config, seed every RNG, load the demos, build (or resume) the policy and its optimizer."""
     t, kind = cfg.train, cfg.policy.type
     policy_class(kind)
-    validated(TrainSchema, t)  # train.augment (and the types, for a section built without the schema)
+    token_drop = validated(TrainSchema, t).token_drop()  # checks train.augment, the types, the drop settings
+    if token_drop is not None and kind != "cogact":
+        raise ValueError(f"train.token_drop_prob is for CogACT-style policies (the cognition forward); "
+                         f"policy.type is {kind!r}")
     if t.num_threads:
         torch.set_num_threads(int(t.num_threads))
     random.seed(t.seed)
@@ -375,7 +382,7 @@ def _setup(cfg: DictConfig) -> _Training:
     probe = InputProbe(dataset, int(t.get("probe_size", 32)), t.seed) if t.get("probe_every") else None
     norm_stats = StandardizerStatistics(dataset, int(t.get("standardizer_frames", 512)), t.seed)
     return _Training(cfg, out, dataset, policy, params, freeze, optimizer, scheduler, gens, step, resume_from,
-                     probe, norm_stats, ema)
+                     probe, norm_stats, ema, token_drop)
 
 
 def _averaged(run: _Training):
@@ -390,7 +397,12 @@ def _train_step(run: _Training) -> dict:
     idx = torch.randint(0, len(run.dataset), (t.batch_size,), generator=run.gens["data"]).numpy()
     batch = run.dataset.batch(idx)
     inputs = build_inputs(run.policy, batch, t.augment, run.gens["aug"], t.crop_area)
-    loss, extra = compute_loss(run.policy, kind, inputs, batch, run.freeze, run.gens["noise"])
+    # the drop draws from the augmentation stream (saved with the trainer state); with the drop off it
+    # draws nothing, so runs without it are unchanged
+    kept = (run.token_drop.draw(t.batch_size, run.policy.config.num_visual_tokens, run.gens["aug"])
+            if run.token_drop is not None else None)
+    drop = None if kept is None else (kept, run.token_drop.layer)
+    loss, extra = compute_loss(run.policy, kind, inputs, batch, run.freeze, run.gens["noise"], drop)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(run.params, t.grad_clip)
@@ -399,6 +411,8 @@ def _train_step(run: _Training) -> dict:
         run.ema.update()
     run.scheduler.step()
     run.step += 1
+    if run.token_drop is not None:
+        extra["kept_visual"] = run.policy.config.num_visual_tokens if kept is None else kept.shape[1]
     return {"step": run.step, "loss": float(loss.detach()), "lr": run.scheduler.get_last_lr()[0], **extra}
 
 

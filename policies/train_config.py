@@ -26,6 +26,11 @@ class TrainSchema:
     init_vlm_from: Optional[str] = None
     init_from: Optional[str] = None
     ema_decay: float = 0.0  # 0 = off
+    # pruning-robust training (policies/token_drop.py; CogACT-style only): on this share of the steps,
+    # layers >= token_drop_layer see a random token_drop_keep share of the visual tokens
+    token_drop_prob: float = 0.0  # 0 = off
+    token_drop_layer: int = 2
+    token_drop_keep: List[float] = field(default_factory=lambda: [0.125, 0.25, 0.5])
     seed: int = 0
     save_every: int = 1000
     keep_checkpoints: int = 2
@@ -44,6 +49,16 @@ class TrainSchema:
             raise ValueError(f"unknown train.augment {self.augment!r}; valid: {AUGMENTATIONS}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
+        self.token_drop()  # its own checks
+
+    def token_drop(self):
+        """The TokenDrop of these settings, or None when off."""
+        from vla_accel.policies.token_drop import TokenDrop
+
+        if self.token_drop_prob == 0.0:
+            return None
+        return TokenDrop(float(self.token_drop_prob), int(self.token_drop_layer),
+                         tuple(float(r) for r in self.token_drop_keep))
 
 
 store_schema("train", TrainSchema)

@@ -20,6 +20,7 @@ from vla_accel.policies.common.observation import as_uint8_image, check_instruct
 from vla_accel.policies.common.tokenizer import COG
 from vla_accel.policies.common.vlm import VLMBase, read_config
 from vla_accel.policies.common.processor import ProcessedInputs
+from vla_accel.policies.token_drop import forward_with_dropped_tokens
 
 
 class CogACTPolicy(VLMBase):
@@ -138,13 +139,15 @@ class CogACTPolicy(VLMBase):
 
     # --- training -----------------------------------------------------------------------------
     def diffusion_loss(self, inputs: ProcessedInputs, actions: torch.Tensor, freeze_vlm: bool = False,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """Epsilon-prediction MSE. actions (B, H, A) normalised to [-1, 1]."""
+                       generator: torch.Generator | None = None,
+                       token_drop: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
+        """Epsilon-prediction MSE. actions (B, H, A) normalised to [-1, 1]. token_drop: (kept visual
+        indices (B, M~), layer K) for a pruning-robust step (policies/token_drop.py)."""
         if freeze_vlm:
             with torch.no_grad():
-                cognition = self.training_cognition(inputs)
+                cognition = self.training_cognition(inputs, token_drop)
         else:
-            cognition = self.training_cognition(inputs)
+            cognition = self.training_cognition(inputs, token_drop)
         r = self.config.repeated_diffusion_steps
         x0 = actions.to(cognition.device, torch.float32).repeat(r, 1, 1)  # (r * B, H, A)
         cond = self.action_model.standardize(cognition).repeat(r, 1)  # batch statistics before the repeat
@@ -157,10 +160,18 @@ class CogACTPolicy(VLMBase):
         eps = self.action_model(x_t, t, cond)
         return F.mse_loss(eps.float(), noise)
 
-    def training_cognition(self, inputs: ProcessedInputs) -> torch.Tensor:
-        """The cognition feature by a plain (uncached, differentiable) forward: (B, D)."""
+    def training_cognition(self, inputs: ProcessedInputs,
+                           token_drop: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
+        """The cognition feature by a plain (uncached, differentiable) forward: (B, D). token_drop: (kept
+        visual indices (B, M~), layer K): layers >= K run on the non-visual tokens and the kept ones."""
         batch = self.prompt_batch(inputs, self.cognition_suffix(len(inputs.text_ids)))
         embeds = self.embed(batch, self.encode_images(inputs.pixel_values, self.film_condition(batch)))
+        if token_drop is not None:
+            kept, layer = token_drop
+            hidden = forward_with_dropped_tokens(self.language_model.model, embeds, batch.attention_mask,
+                                                 batch.position_ids, batch.visual_start, batch.num_visual,
+                                                 kept.to(embeds.device), layer)
+            return hidden[:, -1]
         out = self.language_model.model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
                                         position_ids=batch.position_ids)
         return out.last_hidden_state[:, -1]

@@ -259,3 +259,17 @@ def test_several_files_of_one_suite_are_one_dataset_with_pooled_statistics(tmp_p
     np.testing.assert_allclose(spatial, normalize_actions(raw.astype(np.float32), pooled["action"]))
     assert [ds.instructions[i] for i in ds.instruction_index[:24:12]] == [
         str(h5py.File(first, "r")[f"data/demo_{i}"].attrs["instruction"]) for i in range(2)]
+
+
+def test_token_drop_cuts_the_prompt_on_its_share_of_steps_and_is_refused_for_openvla(demos, tmp_path):
+    drop = ("train.token_drop_prob=1.0", "train.token_drop_layer=1", "train.token_drop_keep=[0.25]")
+    cut = run_train(train_cfg("cogact_tiny", demos, tmp_path / "cut", "train.steps=3", "train.save_every=3", *drop))
+    plain = run_train(train_cfg("cogact_tiny", demos, tmp_path / "plain", "train.steps=3", "train.save_every=3"))
+    records = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    n_visual = policy_class("cogact").from_pretrained(cut).config.num_visual_tokens
+    assert [r["kept_visual"] for r in records] == [round(0.25 * n_visual)] * 3
+    weight = "action_model.blocks.0.attn.proj.weight"
+    a, b = (load_file(str(p / "model.safetensors"))[weight] for p in (cut, plain))
+    assert not torch.equal(a, b)  # the cut prompts trained the policy differently
+    with pytest.raises(ValueError, match="CogACT-style"):
+        run_train(train_cfg("openvla_tiny", demos, tmp_path / "ov", "train.steps=1", *drop))
