@@ -18,6 +18,7 @@ from transformers import LlamaModel
 from transformers.masking_utils import create_causal_mask
 
 from vla_accel.policies.common.hf_compat import cache_kwarg
+from vla_accel.policies.common.prompt import kept_token_index
 
 
 @dataclass(frozen=True)
@@ -42,16 +43,6 @@ class TokenDrop:
         budget = max(1, round(ratio * num_visual))
         keys = torch.rand(batch, num_visual, generator=generator)
         return keys.topk(budget, dim=1).indices.sort(dim=1).values
-
-
-def kept_token_index(T: int, visual_start: Tensor, num_visual: int, kept: Tensor) -> Tensor:
-    """(B, T - M + M~) long: every non-visual prompt index plus the kept visual ones, ascending."""
-    B = kept.shape[0]
-    keep = torch.ones(B, T, dtype=torch.bool, device=kept.device)
-    visual = visual_start[:, None] + torch.arange(num_visual, device=kept.device)
-    keep.scatter_(1, visual, False)
-    keep.scatter_(1, visual_start[:, None] + kept.to(kept.device), True)
-    return keep.nonzero()[:, 1].view(B, -1)  # row-major nonzero: each row's indices ascending
 
 
 def forward_with_dropped_tokens(model: LlamaModel, inputs_embeds: Tensor, attention_mask: Tensor,

@@ -62,3 +62,14 @@ def scatter_visual(token_embeds: torch.Tensor, visual: torch.Tensor, visual_star
     idx = visual_start[:, None] + torch.arange(m, device=visual.device)[None]  # (B, M)
     idx = idx[..., None].expand(b, m, token_embeds.shape[-1])
     return token_embeds.scatter(1, idx, visual.to(token_embeds.dtype))
+
+
+def kept_token_index(T: int, visual_start: torch.Tensor, num_visual: int, kept: torch.Tensor) -> torch.Tensor:
+    """(B, T - M + M~) long: every non-visual prompt index plus the kept visual ones (kept: (B, M~) visual
+    indices), ascending -- the rows a visual-token-pruned prompt keeps, at inference and in training."""
+    B = kept.shape[0]
+    keep = torch.ones(B, T, dtype=torch.bool, device=kept.device)
+    visual = visual_start[:, None] + torch.arange(num_visual, device=kept.device)
+    keep.scatter_(1, visual, False)
+    keep.scatter_(1, visual_start[:, None] + kept, True)
+    return keep.nonzero()[:, 1].view(B, -1)  # row-major nonzero: each row's indices ascending

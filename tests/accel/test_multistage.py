@@ -9,7 +9,7 @@ from fixtures.tiny_models import HIDDEN, make_llama, make_prompt
 import vla_accel.accel.runner as runner_mod
 from vla_accel.accel.config import AccelConfig, TokenPruningConfig
 from vla_accel.accel.runner import AcceleratedRunner
-from vla_accel.policies.common.prompt import positions_from_mask
+from vla_accel.policies.common.prompt import kept_token_index, positions_from_mask
 
 M = 16
 
@@ -52,8 +52,8 @@ def test_two_stage_prefill_and_decode_match_a_cache_free_two_stage_recompute(llm
     B, T = prompt["attention_mask"].shape
     n = len(tokens)
     k1, k2 = runner.plan(llm).stage_layers
-    idx1 = runner_mod._kept_token_index(T, prompt["visual_start"], M, kept1)  # prompt indices after stage 1
-    idx2 = runner_mod._kept_token_index(T, prompt["visual_start"], M, kept2)
+    idx1 = kept_token_index(T, prompt["visual_start"], M, kept1)  # prompt indices after stage 1
+    idx2 = kept_token_index(T, prompt["visual_start"], M, kept2)
     rows2 = torch.searchsorted(idx1, idx2)  # stage 2's rows among stage 1's
     dec = T + torch.arange(n).expand(B, n)
     rows1_full = torch.cat([idx1, dec], 1)  # the decoded tokens ride along in both cuts
@@ -81,7 +81,7 @@ def test_a_later_stage_scores_only_the_kept_tokens_with_that_layers_attention(ll
     runner.prefill(llm, **prompt)
     (_, kept1), (ctx2, _) = seen
     B, T = prompt["attention_mask"].shape
-    idx1 = runner_mod._kept_token_index(T, prompt["visual_start"], M, kept1)
+    idx1 = kept_token_index(T, prompt["visual_start"], M, kept1)
     pos = positions_from_mask(prompt["attention_mask"])
     _, seen_ref = staged_reference(eager, prompt["inputs_embeds"], prompt["attention_mask"], pos, {2: idx1},
                                    capture_layer=3)  # fmt: skip

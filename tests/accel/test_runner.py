@@ -4,7 +4,7 @@ from fixtures.tiny_models import HIDDEN, make_llama, make_prompt, reference_logi
 
 import vla_accel.accel.runner as runner_mod
 from vla_accel.accel.config import AccelConfig, LayerSkipConfig, TokenPruningConfig
-from vla_accel.policies.common.prompt import positions_from_mask
+from vla_accel.policies.common.prompt import kept_token_index, positions_from_mask
 from vla_accel.policies.llm_runner import HFRunner
 from vla_accel.accel.runner import AcceleratedRunner
 
@@ -70,7 +70,7 @@ def test_pruned_prefill_and_decode_match_cache_free_recompute(llm, method, layer
     mask = torch.cat([prompt["attention_mask"], torch.ones(B, n, dtype=torch.long)], dim=1)
     pos = torch.cat([positions_from_mask(prompt["attention_mask"]),
                      res.next_position[:, None] + torch.arange(n)], dim=1)  # fmt: skip
-    keep_rows = torch.cat([runner_mod._kept_token_index(T, prompt["visual_start"], 16, runner.stats.kept_visual),
+    keep_rows = torch.cat([kept_token_index(T, prompt["visual_start"], 16, runner.stats.kept_visual),
                            T + torch.arange(n).expand(B, n)], dim=1)  # fmt: skip
     ref = reference_logits(llm, embeds, mask, pos, prune_layer=layer, keep_rows=keep_rows, skip=skip)
     assert not torch.isnan(ref[:, -1]).any()
@@ -91,7 +91,7 @@ def test_original_position_ids_are_kept_not_renumbered(llm):
     runner = AcceleratedRunner(pruning("fastv", layer=2, keep_ratio=0.25))
     res = runner.prefill(llm, **prompt)
     B, T = prompt["attention_mask"].shape
-    keep_rows = runner_mod._kept_token_index(T, prompt["visual_start"], 16, runner.stats.kept_visual)
+    keep_rows = kept_token_index(T, prompt["visual_start"], 16, runner.stats.kept_visual)
     pos = positions_from_mask(prompt["attention_mask"])
     renumbered = positions_from_mask(prompt["attention_mask"].gather(1, keep_rows))
     emb, mask = prompt["inputs_embeds"], prompt["attention_mask"]

@@ -71,7 +71,7 @@ from transformers.masking_utils import create_causal_mask
 from vla_accel.accel.config import AccelConfig, LayerPlan, resolve_plan
 from vla_accel.measure.timing import stage
 from vla_accel.policies.common.hf_compat import cache_kwarg
-from vla_accel.policies.common.prompt import positions_from_mask
+from vla_accel.policies.common.prompt import kept_token_index, positions_from_mask
 from vla_accel.policies.llm_runner import PrefillResult
 from vla_accel.accel.pruning import PruningMethod, SelectionContext, build_method
 from vla_accel.accel.checks import check_prompt, check_selection, check_values
@@ -357,7 +357,7 @@ class AcceleratedRunner:
         with stage("select"):
             kept, merge_into = self.method.select_and_merge(ctx)
             kept = check_selection(kept, B, budget, st.num_visual, st.kept)  # (B, M~_s)
-        keep_index = _kept_token_index(T, st.visual_start, st.num_visual, kept)  # (B, T') prompt indices
+        keep_index = kept_token_index(T, st.visual_start, st.num_visual, kept)  # (B, T') prompt indices
         # the current rows are sorted prompt indices (st.token_index), so each kept one's row is found by search
         rows = keep_index if st.kept is None else torch.searchsorted(st.token_index, keep_index)
         before, st.x = st.x, st.x.gather(1, rows[..., None].expand(-1, -1, D))
@@ -688,13 +688,3 @@ def _zero_unkept(action: Tensor, kept: Tensor) -> Tensor:
     """(B, M) action attention with every visual token not in ``kept`` (B, M~) set to 0."""
     keep = torch.zeros_like(action, dtype=torch.bool).scatter_(1, kept.to(action.device), True)
     return action.masked_fill(~keep, 0.0)
-
-
-def _kept_token_index(T: int, visual_start: Tensor, num_visual: int, kept: Tensor) -> Tensor:
-    """(B, T - M + M~) long: every non-visual prompt index plus the kept visual ones, ascending."""
-    B = kept.shape[0]
-    keep = torch.ones(B, T, dtype=torch.bool, device=kept.device)
-    visual = visual_start[:, None] + torch.arange(num_visual, device=kept.device)
-    keep.scatter_(1, visual, False)
-    keep.scatter_(1, visual_start[:, None] + kept, True)
-    return keep.nonzero()[:, 1].view(B, -1)  # row-major nonzero: each row's indices ascending

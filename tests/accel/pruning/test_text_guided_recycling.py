@@ -5,11 +5,10 @@ import torch
 from fixtures.staged_reference import staged_reference
 from fixtures.tiny_models import HIDDEN, make_llama, make_prompt
 
-import vla_accel.accel.runner as runner_mod
 from vla_accel.accel.config import AccelConfig, TokenPruningConfig
 from vla_accel.accel.pruning import SelectionContext, build_method
 from vla_accel.accel.runner import AcceleratedRunner
-from vla_accel.policies.common.prompt import positions_from_mask
+from vla_accel.policies.common.prompt import kept_token_index, positions_from_mask
 
 M = 16
 
@@ -79,7 +78,7 @@ def test_a_merged_token_is_the_mean_of_its_group_at_its_centres_position(llm):
     _, rec = staged_reference(llm, prompt["inputs_embeds"], prompt["attention_mask"], pos, {}, record=(K,))
     full = rec[K]["input"]  # (B, T, D) what layer K sees without pruning
     vs = prompt["visual_start"][:, None]
-    keep_index = runner_mod._kept_token_index(T, prompt["visual_start"], M, kept)
+    keep_index = kept_token_index(T, prompt["visual_start"], M, kept)
     rows = torch.searchsorted(keep_index, vs + kept)  # kept visual tokens' rows after the cut
     expect = full.gather(1, keep_index[..., None].expand(-1, -1, HIDDEN)).clone()
     for b in range(B):

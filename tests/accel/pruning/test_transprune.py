@@ -7,13 +7,12 @@ import torch.nn.functional as F
 from fixtures.staged_reference import staged_reference
 from fixtures.tiny_models import HIDDEN, make_llama, make_prompt, obs, tiny_openvla
 
-import vla_accel.accel.runner as runner_mod
 from vla_accel.accel.accelerate import accelerate
 from vla_accel.accel.config import AccelConfig, TokenPruningConfig, load_accel_config, resolve_plan
 from vla_accel.accel.pruning import SelectionContext, build_method
 from vla_accel.accel.pruning.transprune import module_ttv
 from vla_accel.accel.runner import AcceleratedRunner
-from vla_accel.policies.common.prompt import positions_from_mask
+from vla_accel.policies.common.prompt import kept_token_index, positions_from_mask
 
 M = 16
 
@@ -106,7 +105,7 @@ def test_three_stages_through_the_runner_match_a_cache_free_staged_recompute(llm
     kept = [k for _, k in seen]
     assert [k.shape[1] for k in kept] == [14, 11, 4]
     assert all(set(b.tolist()) <= set(a.tolist()) for s in range(2) for a, b in zip(kept[s], kept[s + 1]))
-    idx = [runner_mod._kept_token_index(T, prompt["visual_start"], M, k) for k in kept]
+    idx = [kept_token_index(T, prompt["visual_start"], M, k) for k in kept]
     n = len(tokens)
     dec = torch.arange(n).expand(B, n)
     cuts = {1: torch.cat([idx[0], T + dec], 1),
