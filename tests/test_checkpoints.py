@@ -12,6 +12,7 @@ from vla_accel.policies.common.factory import REPO_ROOT
 
 SHIPPED = {  # preset -> (type, suite)
     "cogact_goal": ("cogact", "goal"),
+    "cogact_goal_small": ("cogact", "goal"),  # the first goal policy, kept for the README sections measured on it
     "cogact_object": ("cogact", "object"),
     "cogact_spatial": ("cogact", "spatial"),
     "cogact_long": ("cogact", "long"),

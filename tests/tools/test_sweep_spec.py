@@ -82,10 +82,11 @@ def test_keep_ratios_are_not_needed_without_pruning_presets():
 
 def test_compose_reads_presets_and_overrides():
     s, output_dir = sweep_run.compose_sweep([])
-    assert s.methods == ("vla_pruner", "fastv") and s.keep_ratios == (0.25,) and s.bench
-    assert output_dir is None
+    assert s.methods == ("vla_pruner", "fastv", "efficientvla_combo") and s.keep_ratios == (0.25,) and s.bench
+    assert s.prune_layer == 2 and output_dir is None  # the shipped goal policy's K (8 layers)
     s, output_dir = sweep_run.compose_sweep(["sweep=budgets", "sweep.keep_ratios=[0.5]", "sweep.output_dir=/x"])
     assert len(s.methods) == 5 and s.keep_ratios == (0.5,) and s.launcher == "joblib" and output_dir == "/x"
+    assert s.prune_layer == 1  # cogact_goal_small's 2-layer Llama, set by budgets.yaml itself
     with pytest.raises(ValueError, match="sweep config"):
         sweep_run.compose_sweep(["sweep=nope"])
 
@@ -171,7 +172,8 @@ def test_a_good_sweep_launches_one_multirun_per_block_then_the_bench(monkeypatch
 
     monkeypatch.setattr(sweep_run, "launch", fake_launch)
     monkeypatch.chdir(tmp_path)
-    rc = sweep_run.main(["sweep.launcher=joblib", "sweep.n_jobs=2", "env.task_ids=[0]", "sweep.output_dir=out",
+    rc = sweep_run.main(["sweep.launcher=joblib", "sweep.n_jobs=2", "sweep.methods=[vla_pruner,fastv]",
+                         "env.task_ids=[0]", "sweep.output_dir=out",
                          "bench.rounds=3",
                          "policy=openvla_tiny", f"policy.path={tmp_path}"])
     assert rc == 0, capsys.readouterr()
@@ -185,7 +187,7 @@ def test_a_good_sweep_launches_one_multirun_per_block_then_the_bench(monkeypatch
     assert pruned[5:i] == ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
     assert pruned[i:i + 5] == ["env=goal", "eval.n_episodes=2", "env.task_ids=[0]",
                                "policy=openvla_tiny", f"policy.path={tmp_path}"]
-    assert "accel.prune_layer=1" in pruned and "bench.prune_layer=1" in bench  # main.yaml's K
+    assert "accel.prune_layer=2" in pruned and "bench.prune_layer=2" in bench  # main.yaml's K
     assert "bench.methods=[vla_pruner,fastv]" in bench and "bench.keep_ratios=[0.25]" in bench
     assert "bench.skip_layers=[]" in bench and "policy=openvla_tiny" in bench
     assert not any(a.startswith("eval.") for a in bench[4:]) and "bench.rounds=3" in bench

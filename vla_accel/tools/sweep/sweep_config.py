@@ -17,10 +17,10 @@ from vla_accel.harness.cluster_config import RaySchema
 
 @dataclass
 class SweepSchema:
-    methods: List[str] = field(default_factory=lambda: ["vla_pruner", "fastv"])  # accel presets
+    methods: List[str] = field(default_factory=lambda: ["vla_pruner", "fastv", "efficientvla_combo"])  # accel presets
     keep_ratios: List[float] = field(default_factory=lambda: [0.25])
     skip_layers: List[List[int]] = field(default_factory=lambda: [[]])  # [[]] = no layer skipping
-    prune_layer: Optional[int] = 1  # K for every pruning preset (null = the preset's own)
+    prune_layer: Optional[int] = 2  # K for every pruning preset (null = the preset's own)
     launcher: str = "joblib"  # basic | joblib | ray
     n_jobs: Optional[int] = 2  # joblib: parallel processes (null = every core)
     ray_address: Optional[str] = None  # the same as ray.address (kept: the README documented it first)
