@@ -45,14 +45,18 @@ class TokenDrop:
         return keys.topk(budget, dim=1).indices.sort(dim=1).values
 
 
+def check_drop_layer(layer: int, n_layers: int) -> None:
+    """K must leave at least one layer before and one after the cut."""
+    if not 1 <= layer < n_layers:
+        raise ValueError(f"token drop layer must be in [1, {n_layers - 1}] for a {n_layers}-layer Llama, got {layer}")
+
+
 def forward_with_dropped_tokens(model: LlamaModel, inputs_embeds: Tensor, attention_mask: Tensor,
                                 position_ids: Tensor, visual_start: Tensor, num_visual: int, kept: Tensor,
                                 layer: int) -> Tensor:
     """The final-normed last hidden states (B, T', D) of `model` (a LlamaModel) when only the non-visual
     tokens and the visual ones in `kept` (B, M~) enter layers >= `layer`; differentiable."""
-    n_layers = len(model.layers)
-    if not 1 <= layer < n_layers:
-        raise ValueError(f"token drop layer must be in [1, {n_layers - 1}] for a {n_layers}-layer Llama, got {layer}")
+    check_drop_layer(layer, len(model.layers))
     x, mask2d, pos = inputs_embeds, attention_mask, position_ids
 
     def mask_and_rotary():

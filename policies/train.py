@@ -36,7 +36,7 @@ from vla_accel.policies.common.observation import ParsedObs
 from vla_accel.policies.data import Batch, DemoDataset, augment
 from vla_accel.policies.common.processor import ProcessedInputs
 from vla_accel.policies.train_config import TrainSchema
-from vla_accel.policies.token_drop import TokenDrop
+from vla_accel.policies.token_drop import TokenDrop, check_drop_layer
 from vla_accel.policies.weight_average import RAW_PREFIX, WeightAverage
 
 STATE_TENSORS, STATE_JSON = "trainer_state.safetensors", "trainer_state.json"
@@ -345,6 +345,8 @@ def _setup(cfg: DictConfig) -> _Training:
     if token_drop is not None and kind != "cogact":
         raise ValueError(f"train.token_drop_prob is for CogACT-style policies (the cognition forward); "
                          f"policy.type is {kind!r}")
+    if token_drop is not None:  # before the demos load: a bad K fails now, not at the first cut step
+        check_drop_layer(token_drop.layer, int(cfg.policy.model.llm.num_layers))
     if t.num_threads:
         torch.set_num_threads(int(t.num_threads))
     random.seed(t.seed)

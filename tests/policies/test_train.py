@@ -273,3 +273,11 @@ def test_token_drop_cuts_the_prompt_on_its_share_of_steps_and_is_refused_for_ope
     assert not torch.equal(a, b)  # the cut prompts trained the policy differently
     with pytest.raises(ValueError, match="CogACT-style"):
         run_train(train_cfg("openvla_tiny", demos, tmp_path / "ov", "train.steps=1", *drop))
+
+
+def test_token_drop_layer_beyond_the_llama_is_refused_before_training(demos, tmp_path):
+    cfg = train_cfg("cogact_tiny", demos, tmp_path / "bad", "train.steps=1", "train.token_drop_prob=0.5")
+    cfg.train.token_drop_layer = int(cfg.policy.model.llm.num_layers)  # K = L: no layer after the cut
+    with pytest.raises(ValueError, match="token drop layer must be in"):
+        run_train(cfg)
+    assert not (tmp_path / "bad" / "metrics.jsonl").exists()  # no step ran
