@@ -220,7 +220,11 @@ def load_trainer_state(path: Path, optimizer, gens: dict[str, torch.Generator],
 
 
 # --- the loop --------------------------------------------------------------------------------------
-def make_policy_for_training(cfg: DictConfig, dataset: DemoDataset):
+def make_policy_for_training(cfg: DictConfig, dataset: DemoDataset, tokenizer_from: str | Path | None = None):
+    """A fresh policy for `dataset`. With `tokenizer_from` (train.init_from's checkpoint) it takes that
+    checkpoint's tokenizer instead of training one on these demos' instructions: the BPE is byte-level,
+    so any instruction encodes, and the source's embedding rows keep their meaning, as a fine-tuned VLA
+    keeps its base model's tokenizer (OpenVLA fine-tuned on LIBERO keeps Llama 2's)."""
     kind = cfg.policy.type
     cls = policy_class(kind)
     model_cfg = OmegaConf.to_container(cfg.policy.model, resolve=True)
@@ -230,6 +234,10 @@ def make_policy_for_training(cfg: DictConfig, dataset: DemoDataset):
         config.input_image_size = dataset.image_size
     if cfg.train.augment == "random_crop" and config.crop_scale == 1.0:
         config.crop_scale = cfg.train.crop_area  # evaluate on the centre crop, as OpenVLA does
+    if tokenizer_from is not None:
+        from vla_accel.policies.common.tokenizer import load_tokenizer
+
+        return cls(config, load_tokenizer(Path(tokenizer_from)))
     return cls.from_config(config, extra_texts=dataset.instructions)
 
 
@@ -248,8 +256,10 @@ def init_vlm_from(policy, source: str | Path) -> int:
 
 def init_from(policy, source: str | Path) -> int:
     """Copy every weight of a checkpoint of the same policy and shape into `policy`: fine-tuning a trained
-    policy (on more demos, with a fresh learning-rate schedule) instead of resuming its run. The norm
-    stats stay those of this run's demos. Anything that differs -> ValueError. Returns the count."""
+    policy (on more demos, or on another suite's, with a fresh learning-rate schedule) instead of
+    resuming its run. The trainer builds `policy` with the source's tokenizer
+    (`make_policy_for_training`); the norm stats stay those of this run's demos. Anything that
+    differs -> ValueError. Returns the count."""
     return _copy_weights(policy, source, "train.init_from", lambda k: True)
 
 
@@ -360,10 +370,12 @@ def _setup(cfg: DictConfig) -> _Training:
     chunk = int(cfg.policy.model.get("chunk_size", 1)) if kind == "cogact" else 1
     dataset = DemoDataset(list(cfg.data.paths), cameras, chunk_size=chunk)
     resume_from = checkpoint_dirs(out)[-1] if t.resume and checkpoint_dirs(out) else None
-    policy = (policy_class(kind).from_pretrained(resume_from) if resume_from
-              else make_policy_for_training(cfg, dataset))
     if t.get("init_from") and t.get("init_vlm_from"):
         raise ValueError("train.init_from (every weight) and train.init_vlm_from (the VLM): give one")
+    if t.get("init_from") and not resume_from and not (Path(t.init_from) / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"train.init_from: no tokenizer.json in {t.init_from}")
+    policy = (policy_class(kind).from_pretrained(resume_from) if resume_from
+              else make_policy_for_training(cfg, dataset, t.get("init_from")))
     if t.get("init_from") and not resume_from:
         print(f"initialised {init_from(policy, t.init_from)} tensors from {t.init_from}")
     if t.get("init_vlm_from") and not resume_from:

@@ -236,6 +236,38 @@ def test_init_from_copies_every_weight_and_starts_a_fresh_schedule(demos, tmp_pa
                             "policy.model.llm.intermediate_size=40"))
 
 
+def test_init_from_another_suite_takes_the_source_tokenizer(demos, tmp_path):
+    """Fine-tuning on demos with other instructions (another suite): a tokenizer trained on them would
+    give other ids, so the policy takes the source's and every weight, the embedding included, carries
+    over; the new instructions encode with it and the norm stats are the new demos'."""
+    import h5py
+
+    from vla_accel.policies.common.tokenizer import build_tokenizer
+
+    source = run_train(train_cfg("cogact_tiny", demos, tmp_path / "src", "train.steps=2", "train.save_every=2"))
+    other = write_demos(tmp_path / "other.hdf5", suite="goal", seed=3)
+    with h5py.File(other, "a") as f:
+        for g in f["data"].values():
+            g.attrs["instruction"] = f"stack the violet prism beside {g.attrs['task']} twice"
+    instructions = DemoDataset([other], ["agentview"], 16).instructions
+    own = build_tokenizer(extra_texts=instructions).get_vocab()
+    src_vocab = json.loads((source / "tokenizer.json").read_text())["model"]["vocab"]
+    assert any(own.get(tok) != i for tok, i in src_vocab.items())  # its own tokenizer would differ
+    tuned = run_train(train_cfg("cogact_tiny", other, tmp_path / "ft", "train.steps=1", "train.lr=0",
+                                f"train.init_from={source}"))
+    a, b = load_file(str(source / "model.safetensors")), load_file(str(tuned / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a if "running_" not in k)
+    assert (tuned / "tokenizer.json").read_text() == (source / "tokenizer.json").read_text()
+    saved = json.loads((tuned / "config.json").read_text())
+    assert list(saved["norm_stats"]) == ["goal"]
+    policy = policy_class("cogact").from_pretrained(tuned)
+    ids = policy.tokenizer(instructions[0])["input_ids"]
+    assert policy.tokenizer.decode(ids) == instructions[0]
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        run_train(train_cfg("cogact_tiny", other, tmp_path / "z", "train.steps=1",
+                            f"train.init_from={tmp_path / 'nowhere'}"))
+
+
 def test_several_files_of_one_suite_are_one_dataset_with_pooled_statistics(tmp_path):
     import h5py
 
