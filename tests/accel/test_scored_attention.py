@@ -50,9 +50,12 @@ def decode_tokens(n, batch, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_scores_history_kept_tokens_and_outputs_equal_the_side_probe_bit_for_bit(dtype, monkeypatch):
+@pytest.mark.parametrize("lengths", [(30, 26, 28), (30, 30, 30)])
+def test_scores_history_kept_tokens_and_outputs_equal_the_side_probe_bit_for_bit(dtype, lengths, monkeypatch):
+    """Left-padded rows (padding queries and keys masked), and rows without padding, where every row of
+    the score layer is a query and the scores skip the query gather (runner._prompt_scores)."""
     llm = make_llama(num_layers=6).to(dtype)
-    prompt = make_prompt(lengths=(30, 26, 28))  # left-padded rows: padding queries and keys masked
+    prompt = make_prompt(lengths=lengths)
     prompt["inputs_embeds"] = prompt["inputs_embeds"].to(dtype)
     s_side, k_side, h_side, logits_side, probes_side = _two_steps(llm, prompt, True, monkeypatch)
     s_own, k_own, h_own, logits_own, probes_own = _two_steps(llm, prompt, False, monkeypatch)

@@ -86,7 +86,8 @@ def test_compose_reads_presets_and_overrides():
     assert s.prune_layer == 2 and output_dir is None  # the shipped goal policy's K (8 layers)
     s, output_dir = sweep_run.compose_sweep(["sweep=budgets", "sweep.keep_ratios=[0.5]", "sweep.output_dir=/x"])
     assert len(s.methods) == 5 and s.keep_ratios == (0.5,) and s.launcher == "joblib" and output_dir == "/x"
-    assert s.prune_layer == 1  # cogact_goal_small's 2-layer Llama, set by budgets.yaml itself
+    assert s.prune_layer == 2 and "policy=cogact_goal" in s.eval_overrides  # the 8-layer goal policy, K=2
+    assert "eval.n_episodes=10" in s.eval_overrides  # 100 episodes per row (10 tasks x 10 init states)
     with pytest.raises(ValueError, match="sweep config"):
         sweep_run.compose_sweep(["sweep=nope"])
 

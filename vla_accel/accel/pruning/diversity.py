@@ -7,6 +7,9 @@ Gram of only the union's rows would be 4x cheaper on a CPU, but a matmul of anot
 differently (it does for small shapes with MKL), and a changed last bit can flip a near tie; the saving
 comes from the loop instead: no host syncs, and three device ops per pick instead of seven (the picked
 and non-candidate tokens are kept at -inf in the running score rather than masked again each pick).
+On a CPU everything after the distance matrix runs in numpy (``_greedy_numpy``): on the small shapes
+VLA-Pruner runs every step, the selection is bound by per-op dispatch (~10 us per torch op, ~1 us per
+numpy op), and the ops after the matmul (fill, masked min, argmax, minimum, sort) are exact in both.
 """
 
 from __future__ import annotations
@@ -37,12 +40,17 @@ def greedy_max_min(embeds: Tensor, k: int, candidates: Tensor | None = None) -> 
     Ties go to the lowest index (argmax's first maximum), so the result is deterministic.
     """
     B, N, _ = embeds.shape
-    if check_values(embeds):  # a host sync: CPU / debug only
-        available = N if candidates is None else int(candidates.sum(-1).min())
-        if k > available:
-            raise ValueError(f"greedy_max_min: k={k} exceeds the number of candidates in some row")
     dist = cosine_distance(embeds)  # (B, N, N), a fresh tensor: its diagonal may be overwritten
+    if dist.device.type == "cpu":
+        return _greedy_numpy(dist, k, candidates)
+    if check_values(embeds):  # a host sync: debug only off the CPU
+        _check_available(N if candidates is None else int(candidates.sum(-1).min()), k)
     return _greedy_picks(dist, k, candidates).sort(dim=-1).values
+
+
+def _check_available(available: int, k: int) -> None:
+    if k > available:
+        raise ValueError(f"greedy_max_min: k={k} exceeds the number of candidates in some row")
 
 
 def _greedy_picks(dist: Tensor, k: int, candidates: Tensor | None) -> Tensor:
@@ -66,8 +74,6 @@ def _greedy_picks(dist: Tensor, k: int, candidates: Tensor | None) -> Tensor:
     score = dist[rows, first]  # (B, N): each token's distance to the picked set; the pick itself -inf
     if candidates is not None:
         score = score.masked_fill(not_cand, -inf)
-    if dist.device.type == "cpu":
-        return _greedy_loop_numpy(dist, score, first, k)
     chosen = [first]
     for _ in range(k - 1):
         nxt = score.argmax(-1)
@@ -76,18 +82,33 @@ def _greedy_picks(dist: Tensor, k: int, candidates: Tensor | None) -> Tensor:
     return torch.stack(chosen, dim=-1)
 
 
-def _greedy_loop_numpy(dist: Tensor, score: Tensor, first: Tensor, k: int) -> Tensor:
-    """The same loop in numpy for CPU tensors: each pick is three tiny ops, and numpy's per-op overhead is
-    a fraction of torch's (the whole greedy, 1 thread, 2026-12-02: 128 tokens / 32 picks 0.39 vs 0.48 ms,
-    256 / 64 at width 1024 1.84 vs 2.21 ms, where the distance matmul is most of it). argmax (first
-    maximum, NaN counted as the maximum) and minimum (NaN propagated) are exact and behave as torch's, so
-    the picks are the same."""
+def _greedy_numpy(dist: Tensor, k: int, candidates: Tensor | None) -> Tensor:
+    """``_greedy_picks`` + the sort, in numpy, for a CPU ``dist`` (overwritten): the same ops in the same
+    order (the diagonal fill, the masked nearest-neighbour min, argmax's first maximum with NaN counted as
+    the maximum, minimum propagating NaN), so the picks are the same."""
     d = dist.detach().numpy()
-    sc = score.detach().numpy().copy()
-    rows = np.arange(d.shape[0])
-    chosen = [first.numpy()]
-    for _ in range(k - 1):
-        nxt = sc.argmax(-1)
-        chosen.append(nxt)
-        np.minimum(sc, d[rows, nxt], out=sc)
-    return torch.from_numpy(np.stack(chosen, axis=-1))
+    B, N, _ = d.shape
+    diag = np.arange(N)
+    d[:, diag, diag] = np.inf  # the nearest OTHER candidate
+    if candidates is None:
+        _check_available(N, k)
+        nearest = d.min(-1)
+    else:
+        not_cand = ~candidates.detach().numpy()
+        _check_available(int((~not_cand).sum(-1).min()), k)
+        nearest = np.where(not_cand[:, None, :], np.inf, d).min(-1)
+        nearest[not_cand] = -np.inf
+    first = nearest.argmax(-1)  # (B,)
+    d[:, diag, diag] = -np.inf
+    rows = np.arange(B)
+    score = d[rows, first]  # (B, N), a copy (advanced indexing): each token's distance to the picked set
+    if candidates is not None:
+        score[not_cand] = -np.inf
+    chosen = np.empty((B, k), dtype=np.int64)
+    chosen[:, 0] = first
+    for j in range(1, k):
+        nxt = score.argmax(-1)
+        chosen[:, j] = nxt
+        np.minimum(score, d[rows, nxt], out=score)
+    chosen.sort(axis=-1)
+    return torch.from_numpy(chosen)
