@@ -203,7 +203,9 @@ class AcceleratedRunner:
     def end_step(self) -> None:
         if self.method is not None and self.method.needs_action_attention and self._step_action_attention:
             with stage("select"):
-                action = torch.stack(self._step_action_attention).mean(0)  # (B, M)
+                captures = self._step_action_attention  # one per action query: CogACT's <cog>, OpenVLA's 7
+                # the mean of one capture is itself (x / 1), so CogACT's step skips the stack and the mean
+                action = captures[0] if len(captures) == 1 else torch.stack(captures).mean(0)  # (B, M)
                 if self.stats.pruned:  # VLA-Pruner: a token pruned at this step has no action score (0)
                     action = _zero_unkept(action, self.stats.kept_visual)
                 self.method.observe_step(action)

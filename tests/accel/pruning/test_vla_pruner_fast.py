@@ -96,3 +96,22 @@ def test_too_few_candidates_still_raise():
         greedy_max_min(torch.randn(1, 8, 4), 3, candidates=torch.tensor([[True, True] + [False] * 6]))
     with pytest.raises(ValueError, match="exceeds the number of candidates"):
         greedy_max_min(torch.randn(1, 4, 4), 5)
+
+
+@pytest.mark.parametrize("B,M,D,budget", SHAPES[:5])
+def test_the_device_path_equals_the_numpy_path(B, M, D, budget):
+    """A CPU runs the greedy in numpy; a GPU runs the torch loop (``_greedy_picks``). Both on CPU
+    tensors here, with exact ties and candidate masks: the same picks."""
+    from vla_accel.accel.pruning.diversity import _greedy_picks, cosine_distance
+
+    g = torch.Generator().manual_seed(11 * M + budget)
+    for ties in (False, True):
+        emb = _embeds(g, B, M, D, torch.float32, ties)
+        for n_cand in (None, budget, min(M, 2 * budget)):
+            cand = None
+            if n_cand is not None:
+                cand = torch.zeros(B, M, dtype=torch.bool)
+                for b in range(B):
+                    cand[b, torch.randperm(M, generator=g)[:n_cand]] = True
+            device_path = _greedy_picks(cosine_distance(emb), budget, cand).sort(dim=-1).values
+            assert torch.equal(device_path, greedy_max_min(emb, budget, cand)), (ties, n_cand)
